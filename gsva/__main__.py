@@ -1,0 +1,7 @@
+"""``python -m gsva`` = the ``gsva`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

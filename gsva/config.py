@@ -1,0 +1,333 @@
+"""Typed configuration of a GSVA model, saved as ``config.json`` next to the weights.
+
+Every dataclass rejects unknown keys when read back (:func:`GSVAConfig.from_dict`), so a typo in a config file
+is an error, not a silently ignored setting.
+
+Named configurations (:data:`NAMED_CONFIGS`):
+
+* ``gsva-tiny``: the CPU default that ships inside the package. Trained from scratch on synthetic data, so
+  everything is trainable (``TrainableConfig.from_scratch()``) and no LoRA is used.
+* ``gsva-vicuna-7b``: LLaVA-Lightning-7B-v1-1 (LLaMA-7B), CLIP ViT-L/14-224, SAM ViT-H, LoRA r=8.
+* ``gsva-vicuna-13b``: LLaVA-13b-v1-1 (LLaMA-13B), LoRA r=64.
+* ``gsva-llama2-13b``: llava-llama-2-13b-chat-lightning-preview, LoRA r=64.
+
+The paper configurations follow the GSVA appendix Table A3 and the official ``scripts/train_*.sh``: LoRA alpha 16,
+dropout 0.05 on ``q_proj``/``v_proj``; loss weights CE 1.0, BCE 2.0, Dice 0.5. Their architecture numbers are those of
+the public checkpoints (LLaMA-7B: 4096 wide, 32 layers; LLaMA-13B: 5120 wide, 40 layers; CLIP ViT-L/14: 1024 wide,
+24 layers, 224 px; SAM ViT-H: 1280 wide, 32 blocks, global attention at 7/15/23/31).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "VisionConfig",
+    "TextConfig",
+    "SamConfig",
+    "LoraSettings",
+    "LossConfig",
+    "TrainableConfig",
+    "GSVAConfig",
+    "NAMED_CONFIGS",
+    "get_named_config",
+    "ConfigError",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is malformed (unknown key, wrong type, impossible value)."""
+
+
+@dataclass
+class VisionConfig:
+    """CLIP vision tower + multimodal projector.
+
+    ``feature_layer`` indexes CLIP's hidden states (LLaVA ``mm_vision_select_layer``, -2 for LLaVA-v1); the CLS
+    token is always dropped. ``projector_type`` is ``"linear"`` (LLaVA-v1: one Linear) or ``"mlp2x_gelu"``
+    (LLaVA-1.5). ``preprocess`` is ``"center_crop"`` (CLIP's: shortest side to ``image_size``, then a centred crop,
+    as the official code does) or ``"resize"`` (squash the whole image to ``image_size`` x ``image_size``, so no
+    object near the border is cut away; used by ``gsva-tiny``).
+    """
+
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    feature_layer: int = -2
+    projector_type: str = "linear"
+    preprocess: str = "center_crop"
+
+    @property
+    def num_image_tokens(self) -> int:
+        """T, the number of image tokens per image: (image_size / patch_size)^2 (256 for ViT-L/14-224)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.projector_type not in ("linear", "mlp2x_gelu"):
+            raise ConfigError(f"vision.projector_type must be 'linear' or 'mlp2x_gelu', got {self.projector_type!r}")
+        if self.preprocess not in ("center_crop", "resize"):
+            raise ConfigError(f"vision.preprocess must be 'center_crop' or 'resize', got {self.preprocess!r}")
+        if not -self.num_hidden_layers - 1 <= self.feature_layer <= self.num_hidden_layers:
+            raise ConfigError(f"vision.feature_layer {self.feature_layer} is outside the tower's hidden states")
+
+
+@dataclass
+class TextConfig:
+    """The LLaMA language model. ``vocab_size`` counts the base vocabulary *before* the control tokens are added."""
+
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    vocab_size: int = 32000
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError("text.hidden_size must be divisible by text.num_attention_heads")
+
+
+@dataclass
+class SamConfig:
+    """Segment Anything: ViT image encoder, prompt encoder and two-way-transformer mask decoder.
+
+    Defaults are SAM ViT-H (``sam_vit_h_4b8939.pth``, segment_anything/build_sam.py). ``prompt_embed_dim`` (C) is the
+    width of ``image_embeddings``, of the sparse/dense prompts and of the [SEG] projector output (256 for every
+    released SAM). The image-embedding grid is ``img_size / patch_size`` (64 for 1024 / 16); low-res mask logits are
+    4x that (256 x 256).
+    """
+
+    img_size: int = 1024
+    patch_size: int = 16
+    encoder_embed_dim: int = 1280
+    encoder_depth: int = 32
+    encoder_num_heads: int = 16
+    encoder_global_attn_indexes: list[int] = field(default_factory=lambda: [7, 15, 23, 31])
+    encoder_window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the square image-embedding grid (64 for SAM ViT-*)."""
+        return self.img_size // self.patch_size
+
+    def validate(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ConfigError("sam.img_size must be a multiple of sam.patch_size")
+        if any(not 0 <= i < self.encoder_depth for i in self.encoder_global_attn_indexes):
+            raise ConfigError("sam.encoder_global_attn_indexes must index encoder blocks")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model (official: rank 8 for 7B, 64 for 13B; alpha 16; dropout 0.05; q_proj/v_proj).
+
+    ``rank == 0`` means no LoRA (the tiny default, which trains the whole language model instead).
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def validate(self) -> None:
+        if self.rank < 0:
+            raise ConfigError("lora.rank must be >= 0 (0 disables LoRA)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("lora.dropout must be in [0, 1)")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and Dice constants (official ``model/losses.py`` and ``main.py`` defaults)."""
+
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    dice_scale: float = 1000.0
+    dice_eps: float = 1e-6
+
+
+@dataclass
+class TrainableConfig:
+    """Which frozen-by-default parts are trained as well.
+
+    Always trainable (official ``init_vision_seg_for_model``): LoRA weights, ``lm_head``, ``embed_tokens``, the [SEG]
+    projector and SAM's mask decoder. The switches below add parts that the paper keeps frozen; ``gsva-tiny`` turns
+    them all on because it has no pretrained weights to keep.
+    """
+
+    vision_tower: bool = False
+    mm_projector: bool = False
+    sam_image_encoder: bool = False
+    llm_layers: bool = False
+
+    @classmethod
+    def from_scratch(cls) -> "TrainableConfig":
+        return cls(vision_tower=True, mm_projector=True, sam_image_encoder=True, llm_layers=True)
+
+
+@dataclass
+class GSVAConfig:
+    """Everything needed to rebuild a GSVA model before its weights are loaded.
+
+    ``num_image_tokens`` (T) is derived from the vision config. ``conv_template`` is ``"llava_v1"`` (official default).
+    ``max_length`` bounds prompt + answer tokens (official ``model_max_length`` 1024).
+    """
+
+    name: str = "gsva-vicuna-7b"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    conv_template: str = "llava_v1"
+    use_im_start_end: bool = True
+    max_length: int = 1024
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_image_tokens
+
+    def validate(self) -> "GSVAConfig":
+        """Check every value; return ``self``. Raises :class:`ConfigError`."""
+        self.vision.validate()
+        self.text.validate()
+        self.sam.validate()
+        self.lora.validate()
+        if self.conv_template != "llava_v1":
+            raise ConfigError(f"conv_template {self.conv_template!r} is not supported (only 'llava_v1')")
+        if self.max_length <= self.num_image_tokens + 8:
+            raise ConfigError("max_length must leave room for text after the image tokens")
+        if self.max_length > self.text.max_position_embeddings:
+            raise ConfigError("max_length exceeds text.max_position_embeddings")
+        return self
+
+    # -- serialisation -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GSVAConfig":
+        """Build from a dict; unknown or missing-typed keys raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a GSVA config must be a JSON object, got {type(data).__name__}")
+        return _from_dict(cls, data, "config").validate()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GSVAConfig":
+        """Read a ``config.json``. Raises :class:`ConfigError` naming the file on any problem."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read model config {path}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name in fields else None
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name} must be an object")
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = _check_type(value, default, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where} has the wrong type: {type(value).__name__} (expected {type(default).__name__})")
+    return value
+
+
+def _tiny() -> GSVAConfig:
+    return GSVAConfig(
+        name="gsva-tiny",
+        vision=VisionConfig(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+            image_size=160, patch_size=16, feature_layer=-1, projector_type="mlp2x_gelu", preprocess="resize",
+        ),
+        text=TextConfig(
+            hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512, rope_theta=10000.0,
+        ),
+        sam=SamConfig(
+            img_size=128, patch_size=8, encoder_embed_dim=96, encoder_depth=3, encoder_num_heads=3,
+            encoder_global_attn_indexes=[2], encoder_window_size=4, prompt_embed_dim=64, decoder_depth=2,
+            decoder_mlp_dim=128, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=8,
+        ),
+        lora=LoraSettings(rank=0),
+        trainable=TrainableConfig.from_scratch(),
+        max_length=448,
+    )
+
+
+def _vicuna7b() -> GSVAConfig:
+    return GSVAConfig(name="gsva-vicuna-7b", lora=LoraSettings(rank=8))
+
+
+def _llama13b(name: str) -> GSVAConfig:
+    text = TextConfig(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                      num_key_value_heads=40, max_position_embeddings=4096 if "llama2" in name else 2048,
+                      rms_norm_eps=1e-5 if "llama2" in name else 1e-6)
+    return GSVAConfig(name=name, text=text, lora=LoraSettings(rank=64))
+
+
+NAMED_CONFIGS = {
+    "gsva-tiny": _tiny,
+    "gsva-vicuna-7b": _vicuna7b,
+    "gsva-vicuna-13b": lambda: _llama13b("gsva-vicuna-13b"),
+    "gsva-llama2-13b": lambda: _llama13b("gsva-llama2-13b"),
+}
+
+
+def get_named_config(name: str) -> GSVAConfig:
+    """Return a fresh copy of a named config. Raises :class:`ConfigError` for an unknown name."""
+    try:
+        return NAMED_CONFIGS[name]().validate()
+    except KeyError:
+        raise ConfigError(f"unknown config {name!r}; known: {', '.join(NAMED_CONFIGS)}") from None

@@ -1,0 +1,189 @@
+"""Prompt and answer templates, and their tokenisation into ``input_ids`` / ``labels``.
+
+A conversation is rendered as a list of :class:`Piece` s: plain text, or one control token placed by this module.
+Text is always encoded with :func:`gsva.tokens.encode_text`, so control tokens can never come from text a user typed.
+
+Templates (official GSVA ``utils/utils.py``, ``data/refer_seg_dataset.py``; official-gsva.md §3):
+
+* llava_v1: ``SYSTEM + " USER: " + "<im_start><image><im_end>\\n" + question + " ASSISTANT: " + answer + "</s>"``;
+  later turns ``"USER: " + question + " ASSISTANT: " + answer + "</s>"``.
+* Questions (``SHORT_QUESTION_LIST_MODE4``) name all targets, ``", ".join(phrases).lower()``.
+* Answers: ``START[c] + " " + SEP.join(TEMPLATE[c](phrase)) + "."`` with one style ``c`` for the whole answer;
+  absent targets get ``[REJ]`` in place of ``[SEG]``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from .constants import IGNORE_INDEX, IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, REJ_TOKEN, SEG_TOKEN
+from .tokens import ControlTokenIds, encode_text
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "QUESTION_TEMPLATES",
+    "ANSWER_STARTS",
+    "ANSWER_TEMPLATES",
+    "Piece",
+    "Turn",
+    "question_text",
+    "answer_pieces",
+    "render_conversation",
+    "tokenize_pieces",
+    "parse_slot_phrases",
+    "normalize_phrase",
+    "PromptTooLongError",
+]
+
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+QUESTION_TEMPLATES = (
+    "Can you segment {X} in this image?",
+    "Please segment {X} in this image.",
+    "What are {X} in this image? Please respond with segmentation masks.",
+    "What are {X} in this image? Please output segmentation masks.",
+)
+ANSWER_STARTS = ("The segmentation results are", "Sure, they are", "Sure,", "Sure,", "Sure,")
+ANSWER_TEMPLATES = ("{n} [SEG]", "{n}:[SEG]", "the mask of {n} is [SEG]", "the segmentation of {n} is [SEG]",
+                    "the referred {n} is [SEG]")
+ANSWER_SEP = ", "  # refer_seg separator (sem_seg uses ",")
+
+
+class PromptTooLongError(ValueError):
+    """The rendered conversation has more tokens than the model's ``max_length``."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One span of a conversation: ``text`` (plain), ``control`` (a control-token string, ``"<bos>"``/``"<eos>"``)
+    or ``ids`` (token ids produced by the model itself, e.g. an earlier generated answer).
+
+    ``train`` marks spans of an assistant answer, which receive language-model labels.
+    """
+
+    text: str = ""
+    control: str | None = None
+    train: bool = False
+    ids: tuple[int, ...] | None = None
+
+
+@dataclass
+class Turn:
+    """One user question and, when known, the assistant answer as pieces (``None`` = to be generated)."""
+
+    question: str
+    answer: list[Piece] | None = None
+    phrases: list[str] = field(default_factory=list)
+
+
+def question_text(phrases: list[str], rng: random.Random | None = None, template: int | None = None) -> str:
+    """Join target phrases into one question (lower-cased, official ``", ".join(names).lower()``)."""
+    if not phrases:
+        raise ValueError("a question needs at least one phrase")
+    idx = template if template is not None else (rng or random).randrange(len(QUESTION_TEMPLATES))
+    return QUESTION_TEMPLATES[idx].format(X=", ".join(phrases).lower())
+
+
+def answer_pieces(phrases: list[str], present: list[bool], style: int) -> list[Piece]:
+    """Answer pieces for targets ``phrases``; ``present[i]`` selects ``[SEG]`` (True) or ``[REJ]`` (False).
+
+    The answer starts with a space because the generation prompt ends in ``"ASSISTANT:"`` (llava_v1).
+    """
+    if len(phrases) != len(present) or not phrases:
+        raise ValueError("phrases and present must be non-empty and of equal length")
+    pieces = [Piece(" " + ANSWER_STARTS[style] + " ", train=True)]
+    prefix, suffix = ANSWER_TEMPLATES[style].split("{n}")
+    suffix = suffix.replace(SEG_TOKEN, "")
+    for i, (phrase, here) in enumerate(zip(phrases, present)):
+        lead = ANSWER_SEP if i else ""
+        pieces.append(Piece(lead + prefix + phrase + suffix, train=True))
+        pieces.append(Piece(control=SEG_TOKEN if here else REJ_TOKEN, train=True))
+    pieces.append(Piece(".", train=True))
+    pieces.append(Piece(control="<eos>", train=True))
+    return pieces
+
+
+def render_conversation(turns: list[Turn], use_im_start_end: bool = True) -> list[Piece]:
+    """Render turns as llava_v1 pieces. The image goes at the start of the first turn; a final turn whose
+    ``answer`` is None ends with ``" ASSISTANT:"`` ready for generation."""
+    if not turns:
+        raise ValueError("a conversation needs at least one turn")
+    pieces = [Piece(control="<bos>"), Piece(SYSTEM_PROMPT + " USER: ")]
+    for i, turn in enumerate(turns):
+        if i == 0:
+            if use_im_start_end:
+                pieces.append(Piece(control=IM_START_TOKEN))
+            pieces.append(Piece(control=IMAGE_TOKEN))
+            if use_im_start_end:
+                pieces.append(Piece(control=IM_END_TOKEN))
+            pieces.append(Piece("\n" + turn.question + " ASSISTANT:"))
+        else:
+            pieces.append(Piece("USER: " + turn.question + " ASSISTANT:"))
+        if turn.answer is None:
+            if i != len(turns) - 1:
+                raise ValueError("only the last turn may lack an answer")
+            break
+        pieces.extend(turn.answer)
+    return pieces
+
+
+def tokenize_pieces(pieces: list[Piece], tokenizer, ids: ControlTokenIds, num_image_tokens: int,
+                    max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Encode pieces to ``(input_ids, labels)``, both length L.
+
+    The image control expands to ``num_image_tokens`` (T) copies of the image id, so hidden states align 1:1 with
+    ``input_ids`` (no "+255" offset). Labels equal ``input_ids`` on ``train`` pieces and ``IGNORE_INDEX`` elsewhere.
+    Raises :class:`PromptTooLongError` if L > ``max_length``.
+    """
+    control_ids = {SEG_TOKEN: ids.seg, REJ_TOKEN: ids.rej, IM_START_TOKEN: ids.im_start, IM_END_TOKEN: ids.im_end,
+                   "<bos>": ids.bos, "<eos>": ids.eos}
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for piece in pieces:
+        if piece.control == IMAGE_TOKEN:
+            new = [ids.image] * num_image_tokens
+        elif piece.control is not None:
+            new = [control_ids[piece.control]]
+        elif piece.ids is not None:
+            new = list(piece.ids)
+        else:
+            new = encode_text(tokenizer, piece.text)
+        input_ids.extend(new)
+        labels.extend(new if piece.train else [IGNORE_INDEX] * len(new))
+        if max_length is not None and len(input_ids) > max_length:
+            raise PromptTooLongError(
+                f"the conversation needs more than {max_length} tokens (the model's limit); shorten the question")
+    return input_ids, labels
+
+
+_START_RE = re.compile(r"^\s*(the segmentation results are|sure, they are|sure,)\s*", re.IGNORECASE)
+_PREFIX_RE = re.compile(r"^(the mask of|the segmentation of|the referred)\s+", re.IGNORECASE)
+_SUFFIX_RE = re.compile(r"(\s+is|:)\s*$", re.IGNORECASE)
+
+
+def parse_slot_phrases(segments: list[str]) -> list[str]:
+    """Recover the phrase of each slot from the answer text before it.
+
+    ``segments[k]`` is the generated text between slot k-1 (or the answer start) and slot k. Returns one phrase per
+    slot with the answer templates' start, prefixes, separators and suffixes removed.
+    """
+    phrases = []
+    for k, seg in enumerate(segments):
+        text = seg
+        if k == 0:
+            text = _START_RE.sub("", text)
+        else:
+            text = re.sub(r"^\s*,\s*", "", text)
+        text = _PREFIX_RE.sub("", text.strip())
+        text = _SUFFIX_RE.sub("", text)
+        phrases.append(text.strip())
+    return phrases
+
+
+def normalize_phrase(text: str) -> str:
+    """Lower-case, drop punctuation at the ends and collapse spaces (for matching asked vs answered phrases)."""
+    return " ".join(text.lower().strip(" .,:;!?\"'").split())

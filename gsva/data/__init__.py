@@ -1,0 +1,1 @@
+"""Data: SAM/CLIP transforms, the gRefCOCO reader, synthetic GRES scenes, conversation samples and collation."""

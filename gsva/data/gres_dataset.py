@@ -1,0 +1,89 @@
+"""Multi-target GRES training conversations from a gRefCOCO-format dataset.
+
+Each item is one image with k expressions, k drawn uniformly from 1..min(max_targets, #expressions) (the paper's
+default max is 5, appendix Figure A4). The question names all k, the answer has one ``[SEG]`` per present target and
+``[REJ]`` per absent one (official templates, :mod:`gsva.conversation`).
+
+Differences from the official sampler (documented choices): k varies from 1 (the official always takes
+min(N, #sentences)), so single-expression questions, as used by per-expression evaluation, are seen in training;
+and conversations whose targets are all absent are kept (the official redraws them), so "nothing here" answers are
+learned too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import GSVAConfig
+from ..conversation import PromptTooLongError, Turn, answer_pieces, question_text, render_conversation
+from ..images import load_image
+from ..tokens import ControlTokenIds
+from .collate import EncodedSample, encode_sample
+from .grefcoco import GRefCOCO
+
+__all__ = ["GRESConversationDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class GRESConversationDataset(Dataset):
+    """One item per image of ``split``; the drawn targets change per access (seeded by ``seed`` and the index).
+
+    Args:
+        gref: the annotation index. split: e.g. "train". max_targets: N, at most this many targets per question.
+        seed: base seed; item ``i`` at its ``e``-th access uses ``Random((seed, i, e))``, so runs are reproducible.
+    """
+
+    def __init__(self, gref: GRefCOCO, split: str, tokenizer, token_ids: ControlTokenIds, config: GSVAConfig,
+                 max_targets: int = 5, seed: int = 0) -> None:
+        self.gref = gref
+        self.records = gref.records(split)
+        self.tokenizer = tokenizer
+        self.token_ids = token_ids
+        self.config = config
+        self.max_targets = max_targets
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the draw of targets/templates for the next pass (call once per pass over the data)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> EncodedSample:
+        rec = self.records[index]
+        rng = random.Random(f"{self.seed}-{index}-{self.epoch}")
+        image = load_image(self.gref.image_path(rec))
+        if image.shape[:2] != (rec.height, rec.width):
+            raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
+                             f"{rec.width}x{rec.height}")
+        k = rng.randint(1, min(self.max_targets, len(rec.expressions)))
+        exprs = rng.sample(list(rec.expressions), k)
+        while True:
+            phrases = [e.sentence.rstrip(".").strip() for e in exprs]
+            present = [not e.is_empty for e in exprs]
+            turn = Turn(question_text(phrases, rng), answer_pieces(phrases, present, rng.randrange(5)), phrases)
+            masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in exprs if not e.is_empty]) \
+                if any(present) else np.zeros((0, rec.height, rec.width), np.uint8)
+            try:
+                return encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
+                                     self.tokenizer, self.token_ids, self.config,
+                                     meta={"image_id": rec.image_id, "phrases": phrases})
+            except PromptTooLongError:
+                if len(exprs) == 1:
+                    raise
+                exprs = exprs[:-1]  # drop a target rather than truncate through a [SEG] (official defect §8.9)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed numpy/random in a DataLoader worker from torch's per-worker seed (deterministic for a seeded loader)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

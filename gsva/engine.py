@@ -1,0 +1,311 @@
+"""Training: recipe dataclass, model/data construction, and the step loop (plain PyTorch or DeepSpeed ZeRO).
+
+Optimisation follows the paper (appendix Table A3) and the official DeepSpeed config: AdamW, betas (0.9, 0.95),
+weight decay 0, linear warm-up for ``warmup_steps`` then linear decay to 0 at ``max_steps`` (DeepSpeed
+``WarmupDecayLR``), gradient clipping at 1.0. The same optimiser and schedule objects are used with and without
+DeepSpeed (DeepSpeed receives them as client optimiser/scheduler), so both paths train the same way.
+
+Checkpoints: ``<output_dir>/checkpoints/step_XXXXXXX/`` holds the model in our format (:mod:`gsva.checkpoint`),
+``trainer_state.json`` and ``optimizer.pt`` (optimizer and scheduler state: tensors and numbers only, read back with
+``torch.load(weights_only=True)``). With DeepSpeed, the engine's own ZeRO checkpoint is stored alongside. A run
+resumes from the newest complete checkpoint in its ``output_dir``, with the data order continuing where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_model, save_model
+from .config import ConfigError, GSVAConfig, _from_dict, get_named_config
+from .conversation import ANSWER_STARTS, ANSWER_TEMPLATES, QUESTION_TEMPLATES, SYSTEM_PROMPT
+from .data.collate import collate
+from .data.grefcoco import GRefCOCO
+from .data.gres_dataset import GRESConversationDataset, worker_init_fn
+from .modeling.gsva_model import GSVAModel
+from .tokens import add_control_tokens
+from .trainable import set_trainable
+
+__all__ = ["TrainRecipe", "build_model_and_tokenizer", "Trainer", "StepLog", "load_recipe", "lr_at"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRecipe:
+    """A training recipe (YAML). Unknown keys are errors.
+
+    model: a named config (``gsva-tiny`` ...) to build from scratch, or ``init_from``: a GSVA checkpoint directory.
+    data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations, ``<root>/images``), ``train_split``.
+    Batch: ``batch_size`` per process x ``grad_accum`` x processes = global batch.
+    """
+
+    model: str = "gsva-tiny"
+    init_from: str | None = None
+    model_overrides: dict = field(default_factory=dict)
+    data_root: str = "data/synth"
+    train_split: str = "train"
+    max_targets: int = 5
+    tokenizer_vocab_size: int = 1000
+    output_dir: str = "runs/gsva-tiny"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    num_workers: int = 1
+    precision: str = "fp32"
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    deepspeed_config: str = "ds_configs/zero2.json"
+    torch_threads: int = 0
+
+    def validate(self) -> "TrainRecipe":
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError("precision must be 'fp32' or 'bf16'")
+        for name in ("max_steps", "batch_size", "grad_accum", "max_targets", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise ConfigError("warmup_steps must be >= 0 and lr > 0")
+        return self
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
+    """Read a YAML recipe and apply ``key=value`` overrides (values parsed as YAML). Raises ConfigError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        data[key] = yaml.safe_load(value)
+    try:
+        return _from_dict(TrainRecipe, data, "recipe").validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def lr_at(step: int, recipe: TrainRecipe) -> float:
+    """Learning rate multiplier at optimizer step ``step`` (0-based): linear warm-up, then linear decay to 0."""
+    if recipe.warmup_steps and step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    span = max(1, recipe.max_steps - recipe.warmup_steps)
+    return max(0.0, 1.0 - (step - recipe.warmup_steps) / span)
+
+
+def tokenizer_corpus(gref: GRefCOCO) -> list[str]:
+    """Texts the tiny tokenizer is trained on: every expression plus the prompt and answer templates."""
+    texts = [s["sent"] for r in gref.refs for s in r["sentences"]]
+    texts += [SYSTEM_PROMPT + " USER: ", " ASSISTANT:", "USER: "] + list(QUESTION_TEMPLATES)
+    texts += [" " + s for s in ANSWER_STARTS] + [t.replace("[SEG]", "") for t in ANSWER_TEMPLATES]
+    return texts
+
+
+def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO) -> tuple[GSVAModel, object]:
+    """A fresh model from a named config (training a tokenizer on the data for ``gsva-tiny``), or a checkpoint."""
+    if recipe.init_from:
+        model, tokenizer = load_model(recipe.init_from)
+        model.train()
+        return model, tokenizer
+    config = get_named_config(recipe.model)
+    if recipe.model_overrides:
+        config = GSVAConfig.from_dict(_merge(config.to_dict(), recipe.model_overrides))
+    if recipe.model != "gsva-tiny" and not recipe.model_overrides.get("name", "").startswith("gsva-tiny"):
+        raise ConfigError(f"{recipe.model} must start from pretrained weights: set init_from to a checkpoint")
+    from .tokenizer_build import train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(gref), vocab_size=recipe.tokenizer_vocab_size)
+    ids = add_control_tokens(tokenizer)
+    config.text.vocab_size = recipe.tokenizer_vocab_size
+    return GSVAModel(config, ids, len(tokenizer)), tokenizer
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@dataclass
+class StepLog:
+    """What one optimizer step reports. Losses are averages over the step's micro-batches."""
+
+    step: int
+    loss: float
+    ce: float
+    mask_bce: float
+    mask_dice: float
+    lr: float
+    num_masks: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Runs a recipe. Use :meth:`steps` (a generator of :class:`StepLog`) from an entry script.
+
+    Args:
+        recipe: the training recipe.
+        use_deepspeed: wrap the model in a DeepSpeed engine configured by ``recipe.deepspeed_config``.
+    """
+
+    def __init__(self, recipe: TrainRecipe, use_deepspeed: bool = False) -> None:
+        self.recipe = recipe
+        self.use_deepspeed = use_deepspeed
+        seed_everything(recipe.seed)
+        if recipe.torch_threads:
+            torch.set_num_threads(recipe.torch_threads)
+        root = Path(recipe.data_root)
+        self.gref = GRefCOCO(root / "grefcoco", root / "images")
+        self.output_dir = Path(recipe.output_dir)
+        self.start_step = 0
+        resume = latest_checkpoint(self.output_dir)
+        if resume is not None:
+            self.model, self.tokenizer = load_model(resume)
+            self.start_step = json.loads((resume / "trainer_state.json").read_text())["step"]
+            logger.info("resuming from %s (step %d)", resume, self.start_step)
+        else:
+            self.model, self.tokenizer = build_model_and_tokenizer(recipe, self.gref)
+        self.model.train()
+        names = set_trainable(self.model, self.model.config.trainable)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        logger.info("trainable: %d tensors, %.2fM of %.2fM parameters", len(names),
+                    sum(p.numel() for p in params) / 1e6, sum(p.numel() for p in self.model.parameters()) / 1e6)
+        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.betas),
+                                           weight_decay=recipe.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, recipe))
+        if resume is not None and (resume / "optimizer.pt").exists() and not use_deepspeed:
+            state = torch.load(resume / "optimizer.pt", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.engine = None
+        if use_deepspeed:
+            self._init_deepspeed(resume)
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.dataset = GRESConversationDataset(self.gref, recipe.train_split, self.tokenizer,
+                                               add_control_tokens(self.tokenizer), self.model.config,
+                                               max_targets=recipe.max_targets, seed=recipe.seed)
+
+    def _init_deepspeed(self, resume: Path | None) -> None:
+        import deepspeed
+
+        ds_config = json.loads(Path(self.recipe.deepspeed_config).read_text())
+        ds_config.update({
+            "train_micro_batch_size_per_gpu": self.recipe.batch_size,
+            "gradient_accumulation_steps": self.recipe.grad_accum,
+            "gradient_clipping": self.recipe.grad_clip,
+            "bf16": {"enabled": self.recipe.precision == "bf16"},
+            "zero_force_ds_cpu_optimizer": False,
+        })
+        ds_config.pop("train_batch_size", None)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=ds_config)
+        if resume is not None and (resume / "deepspeed").exists():
+            self.engine.load_checkpoint(str(resume / "deepspeed"), load_module_strict=True)
+
+    def _batches(self, skip: int = 0) -> Iterator:
+        """Endless batches, epoch after epoch; the first ``skip`` batches are skipped without being loaded."""
+        epoch = 0
+        per_epoch = max(1, (len(self.dataset) // self.world) // self.recipe.batch_size)
+        epoch, skip = divmod(skip, per_epoch)
+        while True:
+            self.dataset.set_epoch(epoch)
+            sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
+                                                          shuffle=True, seed=self.recipe.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+            indices = list(sampler)[skip * self.recipe.batch_size:]
+            loader = DataLoader(self.dataset, batch_size=self.recipe.batch_size, sampler=indices, drop_last=True,
+                                num_workers=self.recipe.num_workers, worker_init_fn=worker_init_fn,
+                                collate_fn=lambda s: collate(s, self.dataset.token_ids.pad))
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    def steps(self) -> Iterator[StepLog]:
+        """Train from ``start_step`` to ``max_steps``, yielding a log per optimizer step and saving checkpoints."""
+        r = self.recipe
+        # a resumed run continues the data order where it stopped
+        batches = self._batches(skip=self.start_step * r.grad_accum)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if (r.precision == "bf16" and not self.use_deepspeed) \
+            else contextlib.nullcontext()
+        for step in range(self.start_step, r.max_steps):
+            sums = np.zeros(4)
+            masks = 0
+            for _micro in range(r.grad_accum):
+                batch = next(batches).to(self.model.device)
+                with autocast:
+                    out = (self.engine or self.model)(batch)
+                loss = out.loss
+                if self.engine is not None:
+                    self.engine.backward(loss.total)
+                    self.engine.step()
+                else:
+                    (loss.total / r.grad_accum).backward()
+                sums += [loss.total.item(), loss.ce.item(), loss.mask_bce.item(), loss.mask_dice.item()]
+                masks += loss.num_masks
+            lr = self.optimizer.param_groups[0]["lr"]
+            if self.engine is None:
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], r.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            sums /= r.grad_accum
+            yield StepLog(step + 1, *[float(v) for v in sums], lr=lr, num_masks=masks)
+            if (step + 1) % r.save_every == 0 or step + 1 == r.max_steps:
+                self.save(step + 1)
+
+    def save(self, step: int) -> Path:
+        """Write ``checkpoints/step_XXXXXXX`` (rank 0 writes the model; all ranks join a DeepSpeed save)."""
+        ckpt = self.output_dir / "checkpoints" / f"step_{step:07d}"
+        if self.rank == 0:
+            save_model(self.model, self.tokenizer, ckpt)
+            if self.engine is None:
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                           ckpt / "optimizer.pt")
+            (ckpt / "trainer_state.json").write_text(json.dumps(
+                {"step": step, "recipe": dataclasses.asdict(self.recipe)}, indent=2))
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state")
+        if self.rank == 0:
+            ckpts = sorted((self.output_dir / "checkpoints").glob("step_*"))
+            for old in ckpts[: -self.recipe.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        return ckpt
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete ``checkpoints/step_*`` directory (one with ``trainer_state.json``), or None."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if re.fullmatch(r"step_\d{7}", p.name) and (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: p.name) if done else None

@@ -1,0 +1,252 @@
+"""Chat inference: set an image once, then ask questions answered by real autoregressive generation.
+
+:class:`GSVAPredictor` computes the CLIP features and the SAM ``image_embeddings`` of an image once
+(:meth:`~GSVAPredictor.set_image`) and reuses them for every question about it. :meth:`~GSVAPredictor.ask`
+
+1. renders the conversation so far plus the new question (llava_v1 template; earlier turns stay in context),
+2. generates greedily with a KV cache, recording at each generated ``[SEG]``/``[REJ]`` the hidden state of the
+   position that predicted it (the embedding GSVA was trained with) and P([SEG]) / (P([SEG]) + P([REJ])) there,
+3. pairs each slot with the phrase written before it in the answer,
+4. decodes all ``[SEG]`` masks of the answer in one mask-decoder call and resizes them to the original image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .conversation import Piece, PromptTooLongError, Turn, parse_slot_phrases, render_conversation, tokenize_pieces
+from .data.transforms import clip_preprocess, sam_preprocess
+from .images import as_rgb_array, load_image
+from .modeling.gsva_model import GSVAModel
+from .tokens import add_control_tokens
+
+__all__ = ["Target", "Answer", "EncodedImage", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
+
+logger = logging.getLogger(__name__)
+
+MAX_QUESTION_CHARS = 2000
+"""Longer questions are refused before tokenisation (a 100 KB paste gets a clear message, not a slow failure)."""
+
+
+class QuestionError(ValueError):
+    """The question is empty, too long, or does not fit the model's context with the conversation so far."""
+
+
+@dataclass
+class Target:
+    """One named target of an answer.
+
+    ``phrase`` as written in the answer; ``status`` "seg" (found, has a mask) or "rej" (not in the image); ``score``
+    P([SEG]) / (P([SEG]) + P([REJ])) at the slot, in [0, 1]; ``mask`` (H, W) bool at the original image size for
+    "seg", else None; ``logits`` (H, W) float32 mask logits for "seg" (kept for scoring), else None.
+    """
+
+    phrase: str
+    status: str
+    score: float
+    mask: np.ndarray | None = None
+    logits: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class Answer:
+    """The assistant's reply: ``text`` with ``[SEG]``/``[REJ]`` shown literally, and its ``targets`` in order."""
+
+    text: str
+    targets: list[Target]
+
+
+def default_model_dir() -> Path:
+    """The ``gsva-tiny`` checkpoint shipped inside the package."""
+    return Path(__file__).resolve().parent / "assets" / "gsva-tiny"
+
+
+@dataclass
+class EncodedImage:
+    """An image encoded once for every question about it.
+
+    ``image`` (H, W, 3) uint8; ``features`` (1, T, D) projected CLIP features; ``embeddings`` (1, C, h, w) SAM
+    ``image_embeddings``; ``resized_hw`` the (h', w') SAM resize of (H, W).
+    """
+
+    image: np.ndarray
+    features: torch.Tensor
+    embeddings: torch.Tensor
+    resized_hw: tuple[int, int]
+
+
+class GSVAPredictor:
+    """Predictor over one model. Stateless use: :meth:`encode_image` + :meth:`answer`; stateful (one image and its
+    conversation): :meth:`set_image` + :meth:`ask`.
+
+    Args:
+        model: a GSVAModel (eval mode is set here). tokenizer: its tokenizer.
+        max_new_tokens: generation budget per answer. mask_threshold: logit above which a pixel is foreground (0).
+    """
+
+    def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.ids = add_control_tokens(tokenizer)
+        self.max_new_tokens = max_new_tokens
+        self.mask_threshold = mask_threshold
+        self.history: list[Turn] = []
+        self.encoded: EncodedImage | None = None
+        banned = {self.ids.image, self.ids.im_start, self.ids.im_end, self.ids.bos}
+        if self.ids.pad != self.ids.eos:
+            banned.add(self.ids.pad)
+        self._banned = torch.tensor(sorted(banned), dtype=torch.long)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path | None = None, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32, **kwargs) -> "GSVAPredictor":
+        """Load a checkpoint (default: the shipped ``gsva-tiny``). Raises :class:`gsva.checkpoint.CheckpointError`."""
+        from .checkpoint import load_model
+
+        model, tokenizer = load_model(model_dir or default_model_dir(), device=device, dtype=dtype)
+        return cls(model, tokenizer, **kwargs)
+
+    # -- stateful use -----------------------------------------------------------------------------------------
+    def set_image(self, image) -> None:
+        """Encode ``image`` (see :meth:`encode_image`) and start a new conversation about it."""
+        self.encoded = self.encode_image(image)
+        self.history = []
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The current image, RGB uint8 (H, W, 3)."""
+        return None if self.encoded is None else self.encoded.image
+
+    def reset(self) -> None:
+        """Forget the conversation (the image stays encoded)."""
+        self.history = []
+
+    def ask(self, question: str) -> Answer:
+        """Answer ``question`` about the current image; the turn joins the conversation.
+
+        Raises :class:`QuestionError` for an empty/too long question, RuntimeError if no image is set.
+        """
+        if self.encoded is None:
+            raise RuntimeError("call set_image() before ask()")
+        answer, self.history = self.answer(self.encoded, self.history, question)
+        return answer
+
+    # -- stateless use ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_image(self, image) -> EncodedImage:
+        """Encode an image (path, bytes, PIL image or (H, W, 3) uint8 array) for the LLM and for SAM.
+
+        Raises :class:`gsva.images.ImageError` for unreadable, corrupt, too small or too large images.
+        """
+        if isinstance(image, (str, Path, bytes)):
+            image = load_image(image)
+        image = as_rgb_array(image)
+        cfg = self.model.config
+        device, dtype = self.model.device, self.model.dtype
+        clip = clip_preprocess(image, cfg.vision.image_size, cfg.vision.preprocess)[None].to(device, dtype)
+        sam_pixels, resized = sam_preprocess(image, cfg.sam.img_size)
+        return EncodedImage(image=image, features=self.model.image_features(clip),
+                            embeddings=self.model.sam_image_embeddings(sam_pixels[None].to(device, dtype)),
+                            resized_hw=resized)
+
+    @torch.inference_mode()
+    def answer(self, encoded: EncodedImage, history: list[Turn], question: str) -> tuple[Answer, list[Turn]]:
+        """Answer ``question`` after the turns ``history``; returns (answer, history with this turn appended).
+
+        Oldest turns are dropped when the conversation no longer fits the context. Raises :class:`QuestionError`.
+        """
+        question = validate_question(question)
+        history = list(history)
+        ids = self._prompt_ids(history, question)
+        while ids is None:
+            history = history[1:]
+            ids = self._prompt_ids(history, question)
+        gen, states, scores, is_seg = self._generate(encoded, ids)
+        answer = self._build_answer(encoded, gen, states, scores, is_seg)
+        turn = Turn(question, [Piece(ids=tuple(gen) + (self.ids.eos,), train=True)])
+        return answer, history + [turn]
+
+    def _prompt_ids(self, history: list[Turn], question: str) -> list[int] | None:
+        pieces = render_conversation(history + [Turn(question)], self.model.config.use_im_start_end)
+        limit = self.model.config.max_length - 8
+        try:
+            ids, _ = tokenize_pieces(pieces, self.tokenizer, self.ids, self.model.config.num_image_tokens, limit)
+        except PromptTooLongError:
+            if history:
+                return None
+            raise QuestionError(f"the question is too long for the model's context of "
+                                f"{self.model.config.max_length} tokens") from None
+        return ids
+
+    def _generate(self, encoded: EncodedImage, prompt_ids: list[int]):
+        """Greedy decoding with a KV cache. Returns (generated ids, slot hidden states (D,), scores, is_seg)."""
+        from transformers import DynamicCache
+
+        model, device = self.model, self.model.device
+        ids = torch.tensor([prompt_ids], device=device)
+        hidden, cache = model.language_forward(model.embed_inputs(ids, encoded.features), None, DynamicCache(),
+                                               use_cache=True)
+        last = hidden[:, -1]  # (1, D): the state that predicts the next token
+        banned = self._banned.to(device)
+        gen: list[int] = []
+        states, scores, is_seg = [], [], []
+        budget = min(self.max_new_tokens, model.config.max_length - len(prompt_ids))
+        for _ in range(budget):
+            logits = model.lm_logits(last).float()[0]  # (V,)
+            logits[banned] = float("-inf")
+            token = int(logits.argmax())
+            if token == self.ids.eos:
+                break
+            if token in (self.ids.seg, self.ids.rej):
+                probs = torch.softmax(logits, -1)
+                p_seg, p_rej = float(probs[self.ids.seg]), float(probs[self.ids.rej])
+                states.append(last[0])
+                scores.append(p_seg / max(p_seg + p_rej, 1e-12))
+                is_seg.append(token == self.ids.seg)
+            gen.append(token)
+            emb = model.mllm.get_input_embeddings()(torch.tensor([[token]], device=device))
+            hidden, cache = model.language_forward(emb, None, cache, use_cache=True)
+            last = hidden[:, -1]
+        return gen, states, scores, is_seg
+
+    def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg) -> Answer:
+        segments, current = [], []
+        for token in gen:
+            if token in (self.ids.seg, self.ids.rej):
+                segments.append(self.tokenizer.decode(current))
+                current = []
+            else:
+                current.append(token)
+        phrases = parse_slot_phrases(segments)
+        masks: list[np.ndarray | None] = [None] * len(states)
+        logits_out: list[np.ndarray | None] = [None] * len(states)
+        seg_idx = [i for i, s in enumerate(is_seg) if s]
+        if seg_idx:
+            prompts = self.model.seg_projector(torch.stack([states[i] for i in seg_idx]))  # (N, C)
+            image_index = torch.zeros(len(seg_idx), dtype=torch.long, device=prompts.device)
+            low = self.model.decode_masks(encoded.embeddings, prompts, image_index)  # one decoder call
+            full = self.model.postprocess(low, encoded.resized_hw, encoded.image.shape[:2])  # (N, H, W)
+            for j, i in enumerate(seg_idx):
+                logits_out[i] = full[j].cpu().numpy()
+                masks[i] = logits_out[i] > self.mask_threshold
+        targets = [Target(phrase=p, status="seg" if s else "rej", score=float(sc), mask=m, logits=lg)
+                   for p, s, sc, m, lg in zip(phrases, is_seg, scores, masks, logits_out)]
+        text = self.tokenizer.decode(gen, skip_special_tokens=False).strip()
+        return Answer(text=text, targets=targets)
+
+
+def validate_question(question) -> str:
+    """Strip and check a user question. Raises :class:`QuestionError` (empty, not text, too long)."""
+    if not isinstance(question, str):
+        raise QuestionError(f"the question must be text, got {type(question).__name__}")
+    question = " ".join(question.split())
+    if not question:
+        raise QuestionError("the question is empty; name what to segment, e.g. 'the red circle'")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QuestionError(f"the question has {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
+    return question

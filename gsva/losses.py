@@ -1,0 +1,98 @@
+"""GSVA training losses (official ``model/losses.py`` and ``modeling_lisa_gsva.py:322-362``).
+
+total = ce_weight * CE  +  bce_weight * mean_masks(BCE)  +  dice_weight * mean_masks(Dice)
+
+* CE: mean token cross-entropy over labelled (non-IGNORE) answer tokens; ``[SEG]``/``[REJ]`` are ordinary targets,
+  so rejection is learned through CE.
+* BCE: per-pixel BCE-with-logits averaged over the pixels of each mask; Dice: 1 - (2 sum(p t / s) + eps) /
+  (sum(p / s) + sum(t / s) + eps) with p = sigmoid(logits), s = 1000, eps = 1e-6. Both are averaged over the
+  ``[SEG]`` masks of the whole batch.
+* Difference from the official code: ``[REJ]`` slots decode no mask and are *not* counted. The official code keeps a
+  logit-0 placeholder for each ``[REJ]`` slot, which adds a gradient-free constant (BCE ln 2, Dice ~1) per slot and
+  inflates the mask count, diluting the real gradients (official-gsva.md §2, §8.10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig
+from .constants import IGNORE_INDEX
+
+__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "LossBreakdown", "gsva_loss"]
+
+
+def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-mask BCE-with-logits, mean over pixels. logits/targets (N, H, W); targets in {0, 1}. Returns (N,) fp32."""
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return loss.flatten(1).mean(1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, scale: float = 1000.0, eps: float = 1e-6) -> torch.Tensor:
+    """Per-mask Dice loss (official constants: scale 1000, eps 1e-6). logits/targets (N, H, W). Returns (N,) fp32."""
+    p = logits.float().sigmoid().flatten(1)
+    t = targets.float().flatten(1)
+    numerator = 2 * (p / scale * t).sum(-1)
+    denominator = (p / scale).sum(-1) + (t / scale).sum(-1)
+    return 1 - (numerator + eps) / (denominator + eps)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE: logits (B, L, V) predict labels shifted by one; labels (B, L) with IGNORE_INDEX = -100.
+
+    Returns the mean over labelled positions (0 with grad if there are none).
+    """
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    if (shift_labels != IGNORE_INDEX).sum() == 0:
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+@dataclass
+class LossBreakdown:
+    """Scalar losses (0-dim fp32 tensors). ``total`` has the graph; the parts are weighted as in ``total``.
+
+    ``num_masks`` counts the [SEG] masks the mask losses were averaged over.
+    """
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    mask_bce: torch.Tensor
+    mask_dice: torch.Tensor
+    num_masks: int
+
+
+def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[torch.Tensor],
+              gt_masks: list[torch.Tensor], cfg: LossConfig) -> LossBreakdown:
+    """Combine CE and mask losses.
+
+    Args:
+        lm_logits: (B, L, V) language-model logits. labels: (B, L) int64.
+        mask_logits: per image, (n_b, H_b, W_b) logits of its [SEG] slots at the original image size.
+        gt_masks: per image, (n_b, H_b, W_b) {0, 1} masks of the same slots, same order.
+    Raises ValueError if a prediction and its ground truth disagree in count or size.
+    """
+    ce = causal_lm_loss(lm_logits, labels) * cfg.ce_weight
+    bce_sum = lm_logits.new_zeros((), dtype=torch.float32)
+    dice_sum = lm_logits.new_zeros((), dtype=torch.float32)
+    num_masks = 0
+    for b, (pred, gt) in enumerate(zip(mask_logits, gt_masks, strict=True)):
+        if pred.shape != gt.shape:
+            raise ValueError(f"image {b}: predicted masks {tuple(pred.shape)} vs ground truth {tuple(gt.shape)}")
+        if pred.shape[0] == 0:
+            continue
+        bce_sum = bce_sum + sigmoid_bce_loss(pred, gt).sum()
+        dice_sum = dice_sum + dice_loss(pred, gt, cfg.dice_scale, cfg.dice_eps).sum()
+        num_masks += pred.shape[0]
+    denom = max(num_masks, 1)
+    if num_masks == 0:  # keep the mask branch in the graph so every rank's gradients have the same structure
+        anchor = sum(p.sum() for p in mask_logits) * 0.0 if mask_logits else 0.0
+        bce_sum, dice_sum = bce_sum + anchor, dice_sum + anchor
+    mask_bce = cfg.bce_weight * bce_sum / denom
+    mask_dice = cfg.dice_weight * dice_sum / denom
+    return LossBreakdown(total=ce + mask_bce + mask_dice, ce=ce, mask_bce=mask_bce, mask_dice=mask_dice,
+                         num_masks=num_masks)

@@ -1,0 +1,1 @@
+"""GSVA model components: LLaVA language model, [SEG] slots, [SEG] projector, SAM mask decoding."""

@@ -1,0 +1,45 @@
+"""The multimodal LLM: transformers' ``LlavaForConditionalGeneration`` built from a :class:`GSVAConfig`.
+
+Module paths (transformers 5): ``model.vision_tower`` (CLIP), ``model.multi_modal_projector``,
+``model.language_model`` (LLaMA without head; its ``norm`` is applied to the last hidden state), ``lm_head``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from ..config import GSVAConfig
+
+__all__ = ["build_llava", "llava_config"]
+
+
+def llava_config(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaConfig:
+    """The transformers ``LlavaConfig`` matching ``cfg``; ``vocab_size`` includes the added control tokens."""
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision.hidden_size, intermediate_size=cfg.vision.intermediate_size,
+        num_hidden_layers=cfg.vision.num_hidden_layers, num_attention_heads=cfg.vision.num_attention_heads,
+        image_size=cfg.vision.image_size, patch_size=cfg.vision.patch_size, hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        hidden_size=cfg.text.hidden_size, intermediate_size=cfg.text.intermediate_size,
+        num_hidden_layers=cfg.text.num_hidden_layers, num_attention_heads=cfg.text.num_attention_heads,
+        num_key_value_heads=cfg.text.num_key_value_heads, vocab_size=vocab_size,
+        max_position_embeddings=cfg.text.max_position_embeddings, rms_norm_eps=cfg.text.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.text.rope_theta},
+        pad_token_id=pad_token_id, tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=image_token_id,
+        image_seq_length=cfg.num_image_tokens, vision_feature_layer=cfg.vision.feature_layer,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False,
+    )
+
+
+def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaForConditionalGeneration:
+    """A randomly initialised LLaVA. With ``projector_type == "linear"`` (LLaVA-v1) the projector is one
+    ``nn.Linear(vision_hidden, text_hidden)``; ``"mlp2x_gelu"`` keeps transformers' Linear-GELU-Linear."""
+    model = LlavaForConditionalGeneration(llava_config(cfg, vocab_size, image_token_id, pad_token_id))
+    if cfg.vision.projector_type == "linear":
+        model.model.multi_modal_projector = nn.Linear(cfg.vision.hidden_size, cfg.text.hidden_size)
+    return model

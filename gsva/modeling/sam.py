@@ -1,0 +1,92 @@
+"""Segment Anything, built from the unmodified PyPI package, and prompted with projected [SEG] embeddings.
+
+Shape legend: B images, N prompts ([SEG] slots), C prompt dim (256 for released SAMs), h x w image-embedding grid
+(64 x 64 for SAM ViT-*), S = ``img_size`` (1024).
+
+Prompting (official ``modeling_lisa_gsva.py``; the official code patches SAM's prompt encoder, we do not): each
+projected [SEG] embedding is one sparse prompt token (no positional encoding, no type embedding added), the dense
+prompt is SAM's ``no_mask_embed`` broadcast over the grid, and ``multimask_output=False`` keeps mask token 0.
+Positional encodings and prompts are cast to the image-embedding dtype, so bf16/fp16 weights work (SAM keeps its
+Gaussian PE matrix and grid in fp32).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..config import SamConfig
+from ..constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from .sam_import import sam_modeling
+
+__all__ = ["build_sam", "decode_masks"]
+
+
+def build_sam(cfg: SamConfig) -> nn.Module:
+    """Build ``segment_anything.modeling.Sam`` with random weights from ``cfg`` (same modules as ``build_sam.py``).
+
+    The state-dict keys (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``) are those of the released
+    ``sam_vit_*.pth`` files.
+    """
+    m = sam_modeling()
+    encoder = m.ImageEncoderViT(
+        depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.img_size, mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=tuple(cfg.encoder_global_attn_indexes),
+        window_size=cfg.encoder_window_size, out_chans=cfg.prompt_embed_dim,
+    )
+    grid = cfg.embedding_size
+    prompt_encoder = m.PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim, image_embedding_size=(grid, grid), input_image_size=(cfg.img_size, cfg.img_size),
+        mask_in_chans=cfg.mask_in_chans,
+    )
+    decoder = m.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=m.TwoWayTransformer(depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
+                                        mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads),
+        transformer_dim=cfg.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+    )
+    return m.Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=decoder,
+                 pixel_mean=list(SAM_PIXEL_MEAN), pixel_std=list(SAM_PIXEL_STD))
+
+
+def decode_masks(sam: nn.Module, image_embeddings: torch.Tensor, prompts: torch.Tensor,
+                 image_index: torch.Tensor) -> torch.Tensor:
+    """Low-resolution mask logits for every prompt.
+
+    Args:
+        sam: a ``segment_anything`` ``Sam`` module.
+        image_embeddings: (B, C, h, w) SAM image-encoder output.
+        prompts: (N, C) projected [SEG] embeddings (``sparse_prompt_embeddings``, one token each).
+        image_index: (N,) int64, the image (row of ``image_embeddings``) each prompt belongs to.
+
+    Returns:
+        (N, 1, 4h, 4w) mask logits (not probabilities), in prompt order, dtype of ``image_embeddings``. The mask
+        decoder is called once per image with all of that image's prompts batched.
+    """
+    n, c = prompts.shape
+    h, w = image_embeddings.shape[-2:]
+    dtype = image_embeddings.dtype
+    if image_index.shape != (n,):
+        raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
+    out = image_embeddings.new_zeros((n, 1, 4 * h, 4 * w))
+    if n == 0:
+        return out
+    pe_layer = sam.prompt_encoder.pe_layer
+    if pe_layer.positional_encoding_gaussian_matrix.dtype != torch.float32:
+        # model.to(bf16) also casts this buffer, but SAM builds its coordinate grid in fp32: keep the PE in fp32
+        pe_layer.positional_encoding_gaussian_matrix = pe_layer.positional_encoding_gaussian_matrix.float()
+    image_pe = sam.prompt_encoder.get_dense_pe().to(dtype)  # (1, C, h, w)
+    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype).expand(1, c, h, w)
+    sparse = prompts.to(dtype).unsqueeze(1)  # (N, 1, C)
+    for b in torch.unique(image_index).tolist():
+        sel = (image_index == b).nonzero(as_tuple=True)[0]
+        masks, _iou = sam.mask_decoder(
+            image_embeddings=image_embeddings[b : b + 1], image_pe=image_pe,
+            sparse_prompt_embeddings=sparse[sel], dense_prompt_embeddings=dense.expand(len(sel), -1, -1, -1),
+            multimask_output=False,
+        )
+        out = out.index_put((sel,), masks.to(out.dtype))
+    return out

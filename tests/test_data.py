@@ -1,0 +1,123 @@
+"""Synthetic data validity, the gRefCOCO reader on the real format, malformed annotation files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from gsva.data.grefcoco import AnnotationError, GRefCOCO
+from gsva.data.masks import decode_segmentation, encode_rle
+from gsva.data.synth import COLORS, SHAPES, SIZES, make_scene, write_synthetic_grefcoco
+
+
+def test_synthetic_dataset_is_valid_grefcoco(synth_root):
+    refs = json.loads((synth_root / "grefcoco" / "grefs(unc).json").read_text())
+    inst = json.loads((synth_root / "grefcoco" / "instances.json").read_text())
+    assert {r["split"] for r in refs} == {"train", "val", "testA", "testB"}
+    kinds = {"polygon": 0, "rle": 0}
+    for ann in inst["annotations"]:
+        img = next(i for i in inst["images"] if i["id"] == ann["image_id"])
+        m = decode_segmentation(ann["segmentation"], img["height"], img["width"])
+        assert m.sum() > 0 and abs(m.sum() - ann["area"]) <= 0.02 * ann["area"] + 2
+        kinds["polygon" if isinstance(ann["segmentation"], list) else "rle"] += 1
+    assert kinds["polygon"] > 0 and kinds["rle"] > 0  # both COCO layouts occur
+    empty = [r for r in refs if r["ann_id"] == [-1]]
+    assert all(r["category_id"] == [-1] and r["no_target"] for r in empty)
+    assert 0.25 <= len(empty) / len(refs) <= 0.5  # about a third are absent targets
+    multi = [r for r in refs if len(r["ann_id"]) > 1]
+    assert multi, "multi-target expressions must occur"
+    for r in refs:
+        assert set(r["sentences"][0]) == {"sent", "raw", "sent_id", "tokens"}
+
+
+def test_reader_reads_back_every_split(synth_root):
+    gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
+    total = 0
+    for split in ("train", "val", "testA", "testB"):
+        for rec in gref.records(split):
+            assert gref.image_path(rec).is_file()
+            for e in rec.expressions:
+                m = gref.mask(e.ann_ids, rec.height, rec.width)
+                assert (m.sum() == 0) == e.is_empty
+                total += 1
+    assert total == len(json.loads((synth_root / "grefcoco" / "grefs(unc).json").read_text()))
+    with pytest.raises(ValueError, match="split"):
+        gref.records("test")
+
+
+def test_scenes_are_deterministic_and_varied():
+    a, b = make_scene(3, 11), make_scene(3, 11)
+    assert np.array_equal(a.image, b.image) and [o.shape for o in a.objects] == [o.shape for o in b.objects]
+    scenes = [make_scene(3, i) for i in range(150)]
+    objs = [o for s in scenes for o in s.objects]
+    assert {o.shape for o in objs} == set(SHAPES) and {o.color for o in objs} == set(COLORS)
+    assert {o.size for o in objs} == set(SIZES)
+    assert {len(s.objects) for s in scenes} == set(range(1, 7))
+    assert any(o.occluded for o in objs)
+
+
+def test_expression_kinds_cover_attributes_positions_relations(synth_root):
+    sents = [s["sent"] for r in json.loads((synth_root / "grefcoco" / "grefs(unc).json").read_text())
+             for s in r["sentences"]]
+    text = " | ".join(sents)
+    for word in ("left", "all ", "of the", "red", "small", "large"):
+        assert word in text, word
+
+
+def test_same_seed_same_files(tmp_path):
+    write_synthetic_grefcoco(tmp_path / "a", seed=5, num_images=6)
+    write_synthetic_grefcoco(tmp_path / "b", seed=5, num_images=6)
+    for name in ("grefs(unc).json", "instances.json"):
+        assert (tmp_path / "a/grefcoco" / name).read_bytes() == (tmp_path / "b/grefcoco" / name).read_bytes()
+    with pytest.raises(FileExistsError):
+        write_synthetic_grefcoco(tmp_path / "a", seed=5, num_images=6)
+
+
+def test_compressed_rle_and_crowd(tmp_path, synth_root):
+    shutil.copytree(synth_root, tmp_path / "d")
+    inst_path = tmp_path / "d/grefcoco/instances.json"
+    inst = json.loads(inst_path.read_text())
+    ann = inst["annotations"][0]
+    img = next(i for i in inst["images"] if i["id"] == ann["image_id"])
+    m = decode_segmentation(ann["segmentation"], img["height"], img["width"])
+    ann["segmentation"] = encode_rle(m)  # compressed counts string
+    inst["annotations"][1]["iscrowd"] = 1
+    inst_path.write_text(json.dumps(inst))
+    gref = GRefCOCO(tmp_path / "d/grefcoco", tmp_path / "d/images")
+    assert np.array_equal(gref.mask((ann["id"],), img["height"], img["width"]), m)
+    crowd = inst["annotations"][1]["id"]
+    for split in gref.splits():
+        for rec in gref.records(split):
+            assert all(crowd not in e.ann_ids for e in rec.expressions)  # crowd annotations are skipped (ReLA)
+    rle = mask_utils.encode(np.asfortranarray(m))
+    assert mask_utils.area(rle) == m.sum()
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda refs, inst: refs[0].pop("ann_id"), "lacks ann_id"),
+    (lambda refs, inst: refs[0].__setitem__("ann_id", [999999]), "ann_id 999999"),
+    (lambda refs, inst: refs[0].__setitem__("image_id", 424242), "image_id 424242"),
+    (lambda refs, inst: refs[0].__setitem__("sentences", "oops"), "sentences"),
+    (lambda refs, inst: inst["annotations"][0].pop("segmentation"), "annotations\\[0\\]"),
+])
+def test_malformed_annotations_name_file_and_record(tmp_path, synth_root, breakage, match):
+    shutil.copytree(synth_root / "grefcoco", tmp_path / "g")
+    refs = json.loads((tmp_path / "g/grefs(unc).json").read_text())
+    inst = json.loads((tmp_path / "g/instances.json").read_text())
+    breakage(refs, inst)
+    (tmp_path / "g/grefs(unc).json").write_text(json.dumps(refs))
+    (tmp_path / "g/instances.json").write_text(json.dumps(inst))
+    with pytest.raises(AnnotationError, match=match) as err:
+        GRefCOCO(tmp_path / "g", synth_root / "images")
+    assert "grefs(unc).json" in str(err.value) or "instances.json" in str(err.value)
+
+
+def test_unreadable_annotation_files(tmp_path):
+    (tmp_path / "grefs(unc).json").write_text("[{broken")
+    (tmp_path / "instances.json").write_text("{}")
+    with pytest.raises(AnnotationError, match="grefs\\(unc\\).json: cannot read JSON"):
+        GRefCOCO(tmp_path, tmp_path)
+    with pytest.raises(AnnotationError, match="file not found"):
+        GRefCOCO(tmp_path / "none", tmp_path)
