@@ -34,11 +34,12 @@ from gsva.visualize import overlay_masks  # noqa: E402
 class ChatBackend:
     """Shared model + a small LRU of encoded images, so each image is encoded once per session of questions."""
 
-    def __init__(self, predictor: GSVAPredictor, cache_size: int = 8) -> None:
+    def __init__(self, predictor: GSVAPredictor, cache_size: int = 4) -> None:
         self.predictor = predictor
         self.cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self.cache_size = cache_size
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards the cache
+        self.model_lock = threading.Lock()  # one model call at a time (chat and /segment share the model)
 
     def encoded(self, image) -> EncodedImage:
         arr = as_rgb_array(image)
@@ -55,8 +56,10 @@ class ChatBackend:
         return enc
 
     def ask(self, image, history: list, question: str) -> tuple[Answer, list, EncodedImage]:
-        enc = self.encoded(image)
-        answer, history = self.predictor.answer(enc, history, question)
+        """Answer in the conversation ``history``; model calls are serialised across the app's events."""
+        with self.model_lock:
+            enc = self.encoded(image)
+            answer, history = self.predictor.answer(enc, history, question)
         return answer, history, enc
 
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             f.write(json.dumps(row.to_json()) + "\n")
     for key in ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9"):
-        print(f"{key:>8}: {100 * metrics[key]:6.2f}")
+        value = metrics[key]
+        print(f"{key:>8}: " + ("   n/a" if value is None else f"{100 * value:6.2f}"))
     print(f"expressions {metrics['num_expressions']} (no-target {metrics['num_no_target']}), slots missing "
           f"{metrics['slots_missing']}, extra {metrics['slots_extra']}; {metrics['seconds']} s")
     return 0

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, GSVAConfig
 from .modeling.gsva_model import GSVAModel
-from .tokens import TokenizerError, add_control_tokens, control_token_ids
+from .tokens import add_control_tokens, control_token_ids
 
 __all__ = ["CheckpointError", "save_model", "load_model", "load_tokenizer", "WEIGHTS_NAME", "CONFIG_NAME"]
 
@@ -69,8 +69,8 @@ def load_tokenizer(model_dir: str | Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         control_token_ids(tokenizer)
-    except (OSError, ValueError, TokenizerError, TypeError) as exc:
-        raise CheckpointError(f"{model_dir}: cannot load the tokenizer ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exception on corrupt JSON
+        raise CheckpointError(f"{model_dir}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
     return tokenizer
 
 

@@ -202,11 +202,16 @@ class Trainer:
                     sum(p.numel() for p in params) / 1e6, sum(p.numel() for p in self.model.parameters()) / 1e6)
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.betas),
                                            weight_decay=recipe.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, recipe))
-        if resume is not None and (resume / "optimizer.pt").exists() and not use_deepspeed:
+        restored = resume is not None and not use_deepspeed and (resume / "optimizer.pt").exists()
+        # without a restored scheduler state, the schedule starts at the resumed step rather than at 0
+        offset = 0 if restored or resume is None else self.start_step
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s + offset, recipe))
+        if restored:
             state = torch.load(resume / "optimizer.pt", weights_only=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+        elif resume is not None and not use_deepspeed:
+            logger.warning("%s has no optimizer state: AdamW moments restart from zero", resume)
         self.engine = None
         if use_deepspeed:
             self._init_deepspeed(resume)
@@ -231,7 +236,9 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=ds_config)
         if resume is not None and (resume / "deepspeed").exists():
-            self.engine.load_checkpoint(str(resume / "deepspeed"), load_module_strict=True)
+            path, _ = self.engine.load_checkpoint(str(resume / "deepspeed"), load_module_strict=True)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed could not load its checkpoint from {resume / 'deepspeed'}")
 
     def _batches(self, skip: int = 0) -> Iterator:
         """Endless batches, epoch after epoch; the first ``skip`` batches are skipped without being loaded."""
@@ -291,11 +298,13 @@ class Trainer:
             if self.engine is None:
                 torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                            ckpt / "optimizer.pt")
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state")  # collective
+            torch.distributed.barrier()
+        if self.rank == 0:
+            # written last: its presence marks the checkpoint complete (latest_checkpoint)
             (ckpt / "trainer_state.json").write_text(json.dumps(
                 {"step": step, "recipe": dataclasses.asdict(self.recipe)}, indent=2))
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state")
-        if self.rank == 0:
             ckpts = sorted((self.output_dir / "checkpoints").glob("step_*"))
             for old in ckpts[: -self.recipe.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -82,7 +82,7 @@ def evaluate_generate(predictor: GSVAPredictor, gref: GRefCOCO, split: str, limi
             else:
                 pred_reject = target.status == "rej"
                 pred_mask, score = target.mask, target.score
-            scorer.add(None if pred_reject else pred_mask, gt, pred_reject)
+            scorer.add(None if pred_reject else pred_mask, gt, pred_reject, gt_empty=expr.is_empty)
             empty = np.zeros_like(gt)
             rows.append(ExpressionResult(
                 id=expr.sent_id, image_id=rec.image_id, sentence=expr.sentence, gt_empty=expr.is_empty,

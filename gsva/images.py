@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 2
 """Smaller images carry no segmentable content; a 1 x 1 image is refused with a clear message."""
+MAX_ASPECT_RATIO = 50
+"""Longer/shorter side above this is refused: the shorter side would vanish in SAM's 1024-px resize."""
 
 
 class ImageError(ValueError):
@@ -88,6 +90,9 @@ def as_rgb_array(image: np.ndarray | Image.Image, name: str = "image",
     if arr.shape[0] < MIN_IMAGE_SIDE or arr.shape[1] < MIN_IMAGE_SIDE:
         raise ImageError(f"{name} is {arr.shape[1]}x{arr.shape[0]} pixels; at least "
                          f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed")
+    if max(arr.shape[:2]) > MAX_ASPECT_RATIO * min(arr.shape[:2]):
+        raise ImageError(f"{name} is {arr.shape[1]}x{arr.shape[0]} pixels; the aspect ratio exceeds "
+                         f"{MAX_ASPECT_RATIO}:1")
     if arr.shape[0] * arr.shape[1] > max_pixels:
         raise ImageError(f"{name} has {arr.shape[0] * arr.shape[1] / 1e6:.0f} MP; at most {max_pixels / 1e6:.0f} MP")
     if arr.dtype != np.uint8:

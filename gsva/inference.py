@@ -183,6 +183,7 @@ class GSVAPredictor:
                                 f"{self.model.config.max_length} tokens") from None
         return ids
 
+    @torch.inference_mode()
     def _generate(self, encoded: EncodedImage, prompt_ids: list[int]):
         """Greedy decoding with a KV cache. Returns (generated ids, slot hidden states (D,), scores, is_seg)."""
         from transformers import DynamicCache

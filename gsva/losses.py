@@ -89,9 +89,6 @@ def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[t
         dice_sum = dice_sum + dice_loss(pred, gt, cfg.dice_scale, cfg.dice_eps).sum()
         num_masks += pred.shape[0]
     denom = max(num_masks, 1)
-    if num_masks == 0:  # keep the mask branch in the graph so every rank's gradients have the same structure
-        anchor = sum(p.sum() for p in mask_logits) * 0.0 if mask_logits else 0.0
-        bce_sum, dice_sum = bce_sum + anchor, dice_sum + anchor
     mask_bce = cfg.bce_weight * bce_sum / denom
     mask_dice = cfg.dice_weight * dice_sum / denom
     return LossBreakdown(total=ce + mask_bce + mask_dice, ce=ce, mask_bce=mask_bce, mask_dice=mask_dice,

@@ -9,7 +9,11 @@ Per expression (metrics-data-peers.md §1.2), with I/U the intersection/union of
 
 gIoU = mean IoU over all expressions; cIoU = sum I / sum U; N-acc = TP / (TP + FN) over no-target expressions;
 T-acc = TN / (TN + FP) over target expressions; Pr@X = share of target expressions with IoU >= X. Reported as
-fractions in [0, 1] (the papers multiply by 100).
+fractions in [0, 1] (the papers multiply by 100). N-acc and T-acc are None when the split has no no-target
+expression (ReLA reports them only then).
+
+In the free-generation protocol a rejected slot decodes no mask, so for a wrongly rejected target U = |GT| (ReLA, which
+always predicts a mask, uses |pred OR GT|); I is 0 either way.
 """
 
 from __future__ import annotations
@@ -32,13 +36,16 @@ class ReLAScorer:
     nt: dict[str, int] = field(default_factory=lambda: {"TP": 0, "FN": 0, "FP": 0, "TN": 0})
     target_ious: list[float] = field(default_factory=list)
 
-    def add(self, pred_mask: np.ndarray | None, gt_mask: np.ndarray, pred_reject: bool) -> float:
-        """Add one expression. Masks (H, W) bool/{0,1}; ``pred_mask`` None means empty. Returns its IoU term."""
+    def add(self, pred_mask: np.ndarray | None, gt_mask: np.ndarray, pred_reject: bool,
+            gt_empty: bool | None = None) -> float:
+        """Add one expression. Masks (H, W) bool/{0,1}; ``pred_mask`` None means empty. ``gt_empty`` is the
+        annotation's no-target flag (``ann_id == [-1]``); None derives it from the mask. Returns its IoU term."""
         gt = np.asarray(gt_mask, bool)
         pred = np.zeros_like(gt) if pred_mask is None else np.asarray(pred_mask, bool)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
-        gt_empty = not gt.any()
+        if gt_empty is None:
+            gt_empty = not gt.any()
         i = int(np.logical_and(pred, gt).sum())
         u = int(np.logical_or(pred, gt).sum())
         if gt_empty:
@@ -62,14 +69,14 @@ class ReLAScorer:
         self.ious.append(iou)
         return iou
 
-    def result(self) -> dict[str, float | int]:
+    def result(self) -> dict[str, float | int | None]:
         n = len(self.ious)
         tp, fn, fp, tn = (self.nt[k] for k in ("TP", "FN", "FP", "TN"))
         out: dict[str, float | int] = {
             "gIoU": float(np.mean(self.ious)) if n else 0.0,
             "cIoU": self.inter / self.union if self.union else 0.0,
-            "N-acc": tp / (tp + fn) if tp + fn else 0.0,
-            "T-acc": tn / (tn + fp) if tn + fp else 0.0,
+            "N-acc": tp / (tp + fn) if tp + fn else None,
+            "T-acc": (tn / (tn + fp) if tn + fp else 0.0) if tp + fn else None,
         }
         for t in self.thresholds:
             out[f"Pr@{t}"] = float(np.mean([v >= t for v in self.target_ious])) if self.target_ious else 0.0

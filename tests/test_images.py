@@ -39,6 +39,11 @@ def test_tiny_images_are_refused_with_a_reason(tmp_path):
         load_image(tmp_path / "one.png")
 
 
+def test_extreme_aspect_ratio_is_refused():
+    with pytest.raises(ImageError, match="aspect ratio"):
+        as_rgb_array(np.zeros((2, 20000, 3), np.uint8))
+
+
 def test_huge_png_is_refused_before_decoding():
     with pytest.raises(ImageError, match="20000x20000"):
         load_image(_png_header_only(20000, 20000))

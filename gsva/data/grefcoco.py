@@ -33,16 +33,18 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Expression:
-    """One referring sentence. ``ann_ids`` is empty for a no-target expression."""
+    """One referring sentence. ``no_target`` is True iff the ref's ``ann_id`` is ``[-1]`` (ReLA: ``empty``);
+    ``ann_ids`` are its non-crowd instances (empty for a no-target expression)."""
 
     ref_id: int
     sent_id: int
     sentence: str
     ann_ids: tuple[int, ...]
+    no_target: bool = False
 
     @property
     def is_empty(self) -> bool:
-        return not self.ann_ids
+        return self.no_target
 
 
 @dataclass(frozen=True)
@@ -134,13 +136,14 @@ class GRefCOCO:
         for ref in self.refs:
             if ref["split"] != split:
                 continue
-            ann_ids = tuple(a for a in (ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]])
-                            if a != -1 and not self.anns[a].get("iscrowd", 0))
+            raw = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
+            no_target = all(a == -1 for a in raw)
+            ann_ids = tuple(a for a in raw if a != -1 and not self.anns[a].get("iscrowd", 0))
             for j, s in enumerate(ref["sentences"]):
                 text = str(s["sent"]).strip()
                 if text:
                     by_image.setdefault(int(ref["image_id"]), []).append(
-                        Expression(int(ref["ref_id"]), int(s.get("sent_id", j)), text, ann_ids))
+                        Expression(int(ref["ref_id"]), int(s.get("sent_id", j)), text, ann_ids, no_target))
         out = []
         for image_id in sorted(by_image):
             img = self.images[image_id]

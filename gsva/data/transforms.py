@@ -27,7 +27,7 @@ __all__ = ["sam_resized_size", "sam_preprocess", "sam_postprocess", "clip_prepro
 def sam_resized_size(height: int, width: int, img_size: int) -> tuple[int, int]:
     """(h', w') after resizing the longest side to ``img_size`` (ResizeLongestSide.get_preprocess_shape)."""
     scale = img_size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def sam_preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -61,7 +61,7 @@ def clip_preprocess(image: np.ndarray, size: int, mode: str = "center_crop") -> 
         new_short, new_long = size, int(size * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         pil = pil.resize((new_w, new_h), Image.BICUBIC)
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        top, left = (new_h - size) // 2, (new_w - size) // 2  # as transformers' center_crop
         pil = pil.crop((left, top, left + size, top + size))
     elif mode == "resize":
         pil = pil.resize((size, size), Image.BICUBIC)

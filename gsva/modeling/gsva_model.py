@@ -78,7 +78,7 @@ class GSVAModel(nn.Module):
 
     def image_features(self, clip_pixels: torch.Tensor) -> torch.Tensor:
         """CLIP pixels (B, 3, s, s) -> projected image features (B, T, D)."""
-        grad = torch.is_grad_enabled() and self.config.trainable.vision_tower
+        grad = torch.is_grad_enabled() and (self.config.trainable.vision_tower or self.config.trainable.mm_projector)
         with torch.set_grad_enabled(grad):
             out = self.mllm.model.get_image_features(
                 pixel_values=clip_pixels.to(self.dtype), vision_feature_layer=self.config.vision.feature_layer,
@@ -132,6 +132,10 @@ class GSVAModel(nn.Module):
         """Low-res logits (n, 1, 4h, 4w) -> fp32 logits (n, H, W) at the original image size."""
         return sam_postprocess(low_res, self.config.sam.img_size, resized_hw, original_hw)
 
+    def _mask_branch_anchor(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        params = [p for m in (self.seg_projector, self.sam.mask_decoder) for p in m.parameters() if p.requires_grad]
+        return sum(p.sum() for p in params) + image_embeddings.sum()
+
     # -- training forward --------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> GSVAOutput:
         """Teacher-forced pass over a collated batch; returns logits, [SEG] mask logits and (when labelled) losses."""
@@ -148,4 +152,6 @@ class GSVAModel(nn.Module):
         loss = None
         if batch.labels is not None and batch.gt_masks is not None:
             loss = gsva_loss(logits, batch.labels, mask_logits, batch.gt_masks, self.config.loss)
+            if len(prompts) == 0:  # no [SEG] here: keep every mask-branch parameter in the graph (ZeRO reductions)
+                loss.total = loss.total + 0.0 * self._mask_branch_anchor(image_embeddings)
         return GSVAOutput(lm_logits=logits, slots=slots, mask_logits=mask_logits, loss=loss)
