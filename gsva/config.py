@@ -296,9 +296,9 @@ def _tiny() -> GSVAConfig:
             num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512, rope_theta=10000.0,
         ),
         sam=SamConfig(
-            img_size=128, patch_size=8, encoder_embed_dim=96, encoder_depth=3, encoder_num_heads=3,
-            encoder_global_attn_indexes=[2], encoder_window_size=4, prompt_embed_dim=64, decoder_depth=2,
-            decoder_mlp_dim=128, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=8,
+            img_size=160, patch_size=8, encoder_embed_dim=128, encoder_depth=4, encoder_num_heads=4,
+            encoder_global_attn_indexes=[1, 3], encoder_window_size=5, prompt_embed_dim=128, decoder_depth=2,
+            decoder_mlp_dim=512, decoder_num_heads=4, iou_head_hidden_dim=128, mask_in_chans=8,
         ),
         lora=LoraSettings(rank=0),
         trainable=TrainableConfig.from_scratch(),

@@ -1,10 +1,10 @@
 """Multi-target GRES training conversations from a gRefCOCO-format dataset.
 
-Each item is one image with k expressions, k drawn uniformly from 1..min(max_targets, #expressions) (the paper's
-default max is 5, appendix Figure A4). The question names all k, the answer has one ``[SEG]`` per present target and
+Each item is one image with k expressions: k = min(max_targets, #expressions) half of the time (the official choice;
+the paper's default max is 5, appendix Figure A4), otherwise uniform in 1..that. The question names all k, the answer has one ``[SEG]`` per present target and
 ``[REJ]`` per absent one (official templates, :mod:`gsva.conversation`).
 
-Differences from the official sampler (documented choices): k varies from 1 (the official always takes
+Differences from the official sampler (documented choices): k also takes smaller values (the official always takes
 min(N, #sentences)), so single-expression questions, as used by per-expression evaluation, are seen in training;
 and conversations whose targets are all absent are kept (the official redraws them), so "nothing here" answers are
 learned too.
@@ -64,7 +64,8 @@ class GRESConversationDataset(Dataset):
         if image.shape[:2] != (rec.height, rec.width):
             raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
                              f"{rec.width}x{rec.height}")
-        k = rng.randint(1, min(self.max_targets, len(rec.expressions)))
+        most = min(self.max_targets, len(rec.expressions))
+        k = most if rng.random() < 0.5 else rng.randint(1, most)
         exprs = rng.sample(list(rec.expressions), k)
         while True:
             phrases = [e.sentence.rstrip(".").strip() for e in exprs]
