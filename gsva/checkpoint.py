@@ -49,6 +49,11 @@ def save_model(model: GSVAModel, tokenizer, out_dir: str | Path) -> Path:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "gsva_config": model.config.name})
         tokenizer.save_pretrained(str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes the directory private; give it the usual permissions
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

