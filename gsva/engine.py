@@ -277,6 +277,7 @@ class Trainer:
         for step in range(self.start_step, r.max_steps):
             sums = np.zeros(4)
             masks = 0
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (read before any scheduler step)
             for _micro in range(r.grad_accum):
                 batch = next(batches).to(self.model.device)
                 with autocast:
@@ -289,7 +290,6 @@ class Trainer:
                     (loss.total / r.grad_accum).backward()
                 sums += [loss.total.item(), loss.ce.item(), loss.mask_bce.item(), loss.mask_dice.item()]
                 masks += loss.num_masks
-            lr = self.optimizer.param_groups[0]["lr"]
             if self.engine is None:
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], r.grad_clip)
                 self.optimizer.step()
