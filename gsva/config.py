@@ -156,13 +156,18 @@ class LoraSettings:
 
 @dataclass
 class LossConfig:
-    """Loss weights and Dice constants (official ``model/losses.py`` and ``main.py`` defaults)."""
+    """Loss weights and Dice constants (official ``model/losses.py`` and ``main.py`` defaults).
+
+    ``slot_ce_weight`` weights the [SEG]/[REJ] targets inside the CE mean (official: 1.0, a plain mean; ``gsva-tiny``
+    raises it because, trained from scratch, its only signal for the present/absent decision is those few tokens).
+    """
 
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     dice_scale: float = 1000.0
     dice_eps: float = 1e-6
+    slot_ce_weight: float = 1.0
 
 
 @dataclass

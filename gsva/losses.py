@@ -40,16 +40,24 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, scale: float = 1000.0
     return 1 - (numerator + eps) / (denominator + eps)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, slot_ids: tuple[int, ...] = (),
+                   slot_weight: float = 1.0) -> torch.Tensor:
     """Next-token CE: logits (B, L, V) predict labels shifted by one; labels (B, L) with IGNORE_INDEX = -100.
 
-    Returns the mean over labelled positions (0 with grad if there are none).
+    Returns the mean over labelled positions (0 with grad if there are none). With ``slot_weight != 1`` the mean is
+    weighted: targets in ``slot_ids`` ([SEG]/[REJ]) count ``slot_weight`` times (official: 1, a plain mean).
     """
     shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1)
-    if (shift_labels != IGNORE_INDEX).sum() == 0:
+    valid = shift_labels != IGNORE_INDEX
+    if valid.sum() == 0:
         return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    if slot_weight == 1.0 or not slot_ids:
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    per_token = F.cross_entropy(shift_logits[valid], shift_labels[valid], reduction="none")
+    weights = torch.ones_like(per_token)
+    weights[torch.isin(shift_labels[valid], torch.tensor(slot_ids, device=labels.device))] = slot_weight
+    return (per_token * weights).sum() / weights.sum()
 
 
 @dataclass
@@ -67,16 +75,17 @@ class LossBreakdown:
 
 
 def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[torch.Tensor],
-              gt_masks: list[torch.Tensor], cfg: LossConfig) -> LossBreakdown:
+              gt_masks: list[torch.Tensor], cfg: LossConfig, slot_ids: tuple[int, ...] = ()) -> LossBreakdown:
     """Combine CE and mask losses.
 
     Args:
         lm_logits: (B, L, V) language-model logits. labels: (B, L) int64.
         mask_logits: per image, (n_b, H_b, W_b) logits of its [SEG] slots at the original image size.
         gt_masks: per image, (n_b, H_b, W_b) {0, 1} masks of the same slots, same order.
+        slot_ids: the [SEG]/[REJ] ids, weighted by ``cfg.slot_ce_weight`` in the CE.
     Raises ValueError if a prediction and its ground truth disagree in count or size.
     """
-    ce = causal_lm_loss(lm_logits, labels) * cfg.ce_weight
+    ce = causal_lm_loss(lm_logits, labels, slot_ids, cfg.slot_ce_weight) * cfg.ce_weight
     bce_sum = lm_logits.new_zeros((), dtype=torch.float32)
     dice_sum = lm_logits.new_zeros((), dtype=torch.float32)
     num_masks = 0

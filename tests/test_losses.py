@@ -71,3 +71,13 @@ def test_mismatched_masks_raise():
     with pytest.raises(ValueError, match="predicted masks"):
         gsva_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), [torch.zeros(2, 4, 4)],
                   [torch.zeros(1, 4, 4)], LossConfig())
+
+
+def test_slot_weighted_ce_by_hand():
+    vocab = 4
+    logits = torch.randn(1, 4, vocab)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 3, 2]])  # 3 is the slot id
+    per = torch.stack([torch.log_softmax(logits[0, i], -1)[labels[0, i + 1]].neg() for i in range(3)])
+    expected = (per[0] + 5 * per[1] + per[2]) / 7
+    assert causal_lm_loss(logits, labels, (3,), 5.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert causal_lm_loss(logits, labels, (3,), 1.0).item() == pytest.approx(per.mean().item(), rel=1e-5)

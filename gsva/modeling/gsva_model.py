@@ -151,7 +151,8 @@ class GSVAModel(nn.Module):
                        for chunk, rhw, ohw in zip(low_res.split(per_image), batch.resized_hw, batch.original_hw)]
         loss = None
         if batch.labels is not None and batch.gt_masks is not None:
-            loss = gsva_loss(logits, batch.labels, mask_logits, batch.gt_masks, self.config.loss)
+            loss = gsva_loss(logits, batch.labels, mask_logits, batch.gt_masks, self.config.loss,
+                             slot_ids=(self.token_ids.seg, self.token_ids.rej))
             if len(prompts) == 0:  # no [SEG] here: keep every mask-branch parameter in the graph (ZeRO reductions)
                 loss.total = loss.total + 0.0 * self._mask_branch_anchor(image_embeddings)
         return GSVAOutput(lm_logits=logits, slots=slots, mask_logits=mask_logits, loss=loss)
