@@ -82,7 +82,11 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    """The LLaMA language model. ``vocab_size`` counts the base vocabulary *before* the control tokens are added."""
+    """The LLaMA language model. ``vocab_size`` counts the base vocabulary *before* the control tokens are added.
+
+    It is informational: the embedding matrix always has ``len(tokenizer)`` rows. For ``gsva-tiny`` it is the size
+    *requested* from sentencepiece (1000); the trained tokenizer may be smaller (the shipped one has 888 base pieces).
+    """
 
     hidden_size: int = 4096
     intermediate_size: int = 11008
