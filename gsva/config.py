@@ -162,8 +162,12 @@ class LoraSettings:
 class LossConfig:
     """Loss weights and Dice constants (official ``model/losses.py`` and ``main.py`` defaults).
 
-    ``slot_ce_weight`` weights the [SEG]/[REJ] targets inside the CE mean (official: 1.0, a plain mean; ``gsva-tiny``
-    raises it because, trained from scratch, its only signal for the present/absent decision is those few tokens).
+    ``slot_ce_weight`` weights the [SEG]/[REJ] targets inside the CE mean (official: 1.0, a plain mean).
+
+    ``point_prompt_weight`` (not in the official recipe, default 0) adds an auxiliary SAM objective for models whose
+    SAM is trained from scratch: every object of the image is also segmented from one positive point through SAM's
+    own prompt encoder, and that mask's BCE + Dice (same weights as above) is added times this factor. It needs
+    instance annotations, and only shapes the image encoder and mask decoder; inference never uses points.
     """
 
     ce_weight: float = 1.0
@@ -172,6 +176,7 @@ class LossConfig:
     dice_scale: float = 1000.0
     dice_eps: float = 1e-6
     slot_ce_weight: float = 1.0
+    point_prompt_weight: float = 0.0
 
 
 @dataclass
@@ -310,6 +315,7 @@ def _tiny() -> GSVAConfig:
             decoder_mlp_dim=512, decoder_num_heads=4, iou_head_hidden_dim=128, mask_in_chans=8,
         ),
         lora=LoraSettings(rank=0),
+        loss=LossConfig(point_prompt_weight=1.0),
         trainable=TrainableConfig.from_scratch(),
         max_length=448,
     )

@@ -170,6 +170,7 @@ class StepLog:
     ce: float
     mask_bce: float
     mask_dice: float
+    point_mask: float
     lr: float
     num_masks: int
 
@@ -275,7 +276,7 @@ class Trainer:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if (r.precision == "bf16" and not self.use_deepspeed) \
             else contextlib.nullcontext()
         for step in range(self.start_step, r.max_steps):
-            sums = np.zeros(4)
+            sums = np.zeros(5)
             masks = 0
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (read before any scheduler step)
             for _micro in range(r.grad_accum):
@@ -288,7 +289,8 @@ class Trainer:
                     self.engine.step()
                 else:
                     (loss.total / r.grad_accum).backward()
-                sums += [loss.total.item(), loss.ce.item(), loss.mask_bce.item(), loss.mask_dice.item()]
+                sums += [loss.total.item(), loss.ce.item(), loss.mask_bce.item(), loss.mask_dice.item(),
+                         0.0 if loss.point_mask is None else loss.point_mask.item()]
                 masks += loss.num_masks
             if self.engine is None:
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], r.grad_clip)

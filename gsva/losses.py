@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .config import LossConfig
 from .constants import IGNORE_INDEX
 
-__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "LossBreakdown", "gsva_loss"]
+__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "LossBreakdown", "gsva_loss", "point_prompt_loss"]
 
 
 def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, slot_ids: tuple[i
 class LossBreakdown:
     """Scalar losses (0-dim fp32 tensors). ``total`` has the graph; the parts are weighted as in ``total``.
 
-    ``num_masks`` counts the [SEG] masks the mask losses were averaged over.
+    ``num_masks`` counts the [SEG] masks the mask losses were averaged over. ``point_mask`` is the auxiliary
+    point-prompt term (0 unless ``LossConfig.point_prompt_weight`` > 0; see :func:`point_prompt_loss`).
     """
 
     total: torch.Tensor
@@ -72,6 +73,24 @@ class LossBreakdown:
     mask_bce: torch.Tensor
     mask_dice: torch.Tensor
     num_masks: int
+    point_mask: torch.Tensor | None = None
+
+
+def _mask_loss_sums(mask_logits: list[torch.Tensor], gt_masks: list[torch.Tensor], cfg: LossConfig,
+                    like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed per-mask BCE and Dice over images, and the number of masks (see :func:`gsva_loss` for shapes)."""
+    bce_sum = like.new_zeros((), dtype=torch.float32)
+    dice_sum = like.new_zeros((), dtype=torch.float32)
+    num_masks = 0
+    for b, (pred, gt) in enumerate(zip(mask_logits, gt_masks, strict=True)):
+        if pred.shape != gt.shape:
+            raise ValueError(f"image {b}: predicted masks {tuple(pred.shape)} vs ground truth {tuple(gt.shape)}")
+        if pred.shape[0] == 0:
+            continue
+        bce_sum = bce_sum + sigmoid_bce_loss(pred, gt).sum()
+        dice_sum = dice_sum + dice_loss(pred, gt, cfg.dice_scale, cfg.dice_eps).sum()
+        num_masks += pred.shape[0]
+    return bce_sum, dice_sum, num_masks
 
 
 def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[torch.Tensor],
@@ -86,19 +105,23 @@ def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[t
     Raises ValueError if a prediction and its ground truth disagree in count or size.
     """
     ce = causal_lm_loss(lm_logits, labels, slot_ids, cfg.slot_ce_weight) * cfg.ce_weight
-    bce_sum = lm_logits.new_zeros((), dtype=torch.float32)
-    dice_sum = lm_logits.new_zeros((), dtype=torch.float32)
-    num_masks = 0
-    for b, (pred, gt) in enumerate(zip(mask_logits, gt_masks, strict=True)):
-        if pred.shape != gt.shape:
-            raise ValueError(f"image {b}: predicted masks {tuple(pred.shape)} vs ground truth {tuple(gt.shape)}")
-        if pred.shape[0] == 0:
-            continue
-        bce_sum = bce_sum + sigmoid_bce_loss(pred, gt).sum()
-        dice_sum = dice_sum + dice_loss(pred, gt, cfg.dice_scale, cfg.dice_eps).sum()
-        num_masks += pred.shape[0]
+    bce_sum, dice_sum, num_masks = _mask_loss_sums(mask_logits, gt_masks, cfg, lm_logits)
     denom = max(num_masks, 1)
     mask_bce = cfg.bce_weight * bce_sum / denom
     mask_dice = cfg.dice_weight * dice_sum / denom
     return LossBreakdown(total=ce + mask_bce + mask_dice, ce=ce, mask_bce=mask_bce, mask_dice=mask_dice,
                          num_masks=num_masks)
+
+
+def point_prompt_loss(mask_logits: list[torch.Tensor], gt_masks: list[torch.Tensor], cfg: LossConfig) -> torch.Tensor:
+    """Auxiliary point-prompt loss: ``point_prompt_weight * (bce_weight * mean BCE + dice_weight * mean Dice)``.
+
+    Args:
+        mask_logits: per image, (m_b, H_b, W_b) logits of masks decoded from one positive point per object.
+        gt_masks: per image, (m_b, H_b, W_b) {0, 1} instance masks of those objects.
+    Returns a 0-dim fp32 tensor (0 with no masks). Raises ValueError on count or size mismatch.
+    """
+    like = next((m for m in mask_logits if m.numel()), mask_logits[0] if mask_logits else torch.zeros(()))
+    bce_sum, dice_sum, n = _mask_loss_sums(mask_logits, gt_masks, cfg, like)
+    n = max(n, 1)
+    return cfg.point_prompt_weight * (cfg.bce_weight * bce_sum / n + cfg.dice_weight * dice_sum / n)

@@ -121,3 +121,30 @@ def test_unreadable_annotation_files(tmp_path):
         GRefCOCO(tmp_path, tmp_path)
     with pytest.raises(AnnotationError, match="file not found"):
         GRefCOCO(tmp_path / "none", tmp_path)
+
+
+def test_point_prompts_lie_on_their_instances(synth_root, tokenizer):
+    import dataclasses
+
+    from gsva.data.gres_dataset import MAX_POINT_PROMPTS, GRESConversationDataset
+    from gsva.tokens import add_control_tokens
+
+    from .conftest import micro_config
+
+    cfg = micro_config()
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, point_prompt_weight=1.0))
+    gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
+    ds = GRESConversationDataset(gref, "train", tokenizer, add_control_tokens(tokenizer), cfg)
+    seen = 0
+    for i in range(len(ds)):
+        s, rec = ds[i], ds.records[i]
+        n = len(gref.instance_ids(rec.image_id))
+        assert len(s.point_coords) == len(s.point_masks) == min(n, MAX_POINT_PROMPTS)
+        (rh, rw), (h, w) = s.resized_hw, s.original_hw
+        for (x, y), m in zip(s.point_coords.tolist(), s.point_masks):
+            col, row = round(x * w / rw), round(y * h / rh)  # back to original pixels
+            assert m[row, col] == 1
+            seen += 1
+    assert seen > 20
+    off = GRESConversationDataset(gref, "train", tokenizer, add_control_tokens(tokenizer), micro_config())
+    assert off[0].point_coords is None

@@ -5,7 +5,7 @@ import torch
 
 from gsva.config import LossConfig
 from gsva.constants import IGNORE_INDEX
-from gsva.losses import causal_lm_loss, dice_loss, gsva_loss, sigmoid_bce_loss
+from gsva.losses import causal_lm_loss, dice_loss, gsva_loss, point_prompt_loss, sigmoid_bce_loss
 
 
 def test_bce_hand_computed():
@@ -81,3 +81,17 @@ def test_slot_weighted_ce_by_hand():
     expected = (per[0] + 5 * per[1] + per[2]) / 7
     assert causal_lm_loss(logits, labels, (3,), 5.0).item() == pytest.approx(expected.item(), rel=1e-5)
     assert causal_lm_loss(logits, labels, (3,), 1.0).item() == pytest.approx(per.mean().item(), rel=1e-5)
+
+
+def test_point_prompt_loss_by_hand():
+    cfg = LossConfig(point_prompt_weight=0.5)
+    a_logits, a_gt = torch.randn(2, 6, 7), (torch.rand(2, 6, 7) > 0.5).float()
+    b_logits, b_gt = torch.randn(1, 4, 5), (torch.rand(1, 4, 5) > 0.5).float()
+    bce = torch.cat([sigmoid_bce_loss(a_logits, a_gt), sigmoid_bce_loss(b_logits, b_gt)]).mean()
+    dice = torch.cat([dice_loss(a_logits, a_gt), dice_loss(b_logits, b_gt)]).mean()
+    expected = 0.5 * (cfg.bce_weight * bce + cfg.dice_weight * dice)
+    got = point_prompt_loss([a_logits, b_logits, torch.zeros(0, 3, 3)], [a_gt, b_gt, torch.zeros(0, 3, 3)], cfg)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert point_prompt_loss([torch.zeros(0, 3, 3)], [torch.zeros(0, 3, 3)], cfg).item() == 0.0
+    with pytest.raises(ValueError, match="ground truth"):
+        point_prompt_loss([a_logits], [b_gt], cfg)

@@ -101,3 +101,27 @@ def test_bf16_mask_decoding_runs(micro_model, tokenizer):
     with torch.no_grad():
         out = model(batch)
     assert out.mask_logits[0].dtype == torch.float32 and torch.isfinite(out.mask_logits[0]).all()
+
+
+def test_point_prompt_objective_trains_sam_and_is_off_by_default(micro_model, tokenizer):
+    import dataclasses
+
+    batch = _batch(micro_model, tokenizer)
+    set_trainable(micro_model, micro_model.config.trainable)
+    assert micro_model(batch).loss.point_mask is None  # official recipe: no auxiliary term
+    h, w = batch.original_hw[0]
+    inst = torch.zeros(1, h, w)
+    inst[0, 10:20, 10:30] = 1
+    batch.point_coords = [torch.tensor([[20.0, 15.0]]) * batch.resized_hw[0][0] / h, torch.zeros(0, 2)]
+    batch.point_masks = [inst, torch.zeros(0, *batch.original_hw[1])]
+    micro_model.config = dataclasses.replace(
+        micro_model.config, loss=dataclasses.replace(micro_model.config.loss, point_prompt_weight=1.0))
+    out = micro_model(batch)
+    assert out.loss.point_mask is not None and out.loss.point_mask.item() > 0
+    without = out.loss.ce + out.loss.mask_bce + out.loss.mask_dice
+    assert out.loss.total.item() == pytest.approx((without + out.loss.point_mask).item(), rel=1e-6)
+    micro_model.zero_grad()
+    out.loss.point_mask.backward()
+    assert micro_model.sam.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert micro_model.sam.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    assert micro_model.seg_projector.layers[0].weight.grad is None  # points do not touch the [SEG] path

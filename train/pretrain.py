@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{entry.loss:.3f}", ce=f"{entry.ce:.3f}", lr=f"{entry.lr:.2e}")
         if trainer.rank == 0 and (entry.step % recipe.log_every == 0 or entry.step == recipe.max_steps):
-            log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f lr %.3e masks %d (%.1f s)", entry.step, entry.loss,
-                     entry.ce, entry.mask_bce, entry.mask_dice, entry.lr, entry.num_masks, time.time() - start)
+            log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f point %.4f lr %.3e masks %d (%.1f s)", entry.step,
+                     entry.loss, entry.ce, entry.mask_bce, entry.mask_dice, entry.point_mask, entry.lr,
+                     entry.num_masks, time.time() - start)
     bar.close()
     if trainer.rank == 0:
         final = save_model(trainer.model, trainer.tokenizer, Path(recipe.output_dir) / "final")

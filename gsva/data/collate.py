@@ -26,6 +26,8 @@ class EncodedSample:
 
     ``input_ids``/``labels`` (L,) int64; ``clip_pixels`` (3, s, s); ``sam_pixels`` (3, S, S) float32;
     ``gt_masks`` (n, H, W) float32 {0, 1} for the [SEG] slots in order (None at inference); ``meta`` free-form.
+    Optional point prompts for the auxiliary SAM objective: ``point_coords`` (m, 2) float32 (x, y) pixels of the SAM
+    input frame, ``point_masks`` (m, H, W) float32 {0, 1} the instance each point lies in.
     """
 
     input_ids: torch.Tensor
@@ -35,6 +37,8 @@ class EncodedSample:
     resized_hw: tuple[int, int]
     original_hw: tuple[int, int]
     gt_masks: torch.Tensor | None = None
+    point_coords: torch.Tensor | None = None
+    point_masks: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -42,7 +46,8 @@ class EncodedSample:
 class Batch:
     """A padded batch (right padding). ``attention_mask`` (B, L) int64 is 1 on real tokens.
 
-    ``labels`` (B, L) int64 with IGNORE_INDEX (-100), or None; ``gt_masks`` list of (n_b, H_b, W_b) or None.
+    ``labels`` (B, L) int64 with IGNORE_INDEX (-100), or None; ``gt_masks`` list of (n_b, H_b, W_b) or None;
+    ``point_coords``/``point_masks`` lists of (m_b, 2) / (m_b, H_b, W_b), or None (see :class:`EncodedSample`).
     """
 
     input_ids: torch.Tensor
@@ -53,6 +58,8 @@ class Batch:
     resized_hw: list[tuple[int, int]]
     original_hw: list[tuple[int, int]]
     gt_masks: list[torch.Tensor] | None = None
+    point_coords: list[torch.Tensor] | None = None
+    point_masks: list[torch.Tensor] | None = None
     meta: list[dict] = field(default_factory=list)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
@@ -104,11 +111,14 @@ def collate(samples: list[EncodedSample], pad_id: int) -> Batch:
         n = s.input_ids.numel()
         ids[i, :n], labels[i, :n], attn[i, :n] = s.input_ids, s.labels, 1
     has_masks = all(s.gt_masks is not None for s in samples)
+    has_points = all(s.point_coords is not None for s in samples)
     return Batch(
         input_ids=ids, attention_mask=attn, labels=labels,
         clip_pixels=torch.stack([s.clip_pixels for s in samples]),
         sam_pixels=torch.stack([s.sam_pixels for s in samples]),
         resized_hw=[s.resized_hw for s in samples], original_hw=[s.original_hw for s in samples],
         gt_masks=[s.gt_masks for s in samples] if has_masks else None,
+        point_coords=[s.point_coords for s in samples] if has_points else None,
+        point_masks=[s.point_masks for s in samples] if has_points else None,
         meta=[s.meta for s in samples],
     )

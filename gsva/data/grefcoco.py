@@ -99,6 +99,10 @@ class GRefCOCO:
             if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann or "segmentation" not in ann:
                 raise AnnotationError(f"{inst_path}: annotations[{i}] lacks id/image_id/segmentation")
             self.anns[int(ann["id"])] = ann
+        self._instances: dict[int, list[int]] = {}
+        for a, ann in self.anns.items():
+            if not ann.get("iscrowd", 0):
+                self._instances.setdefault(int(ann["image_id"]), []).append(a)
         self.categories = {int(c["id"]): c.get("name", str(c["id"])) for c in inst.get("categories", [])}
         self.refs: list[dict] = []
         for i, ref in enumerate(refs):
@@ -152,6 +156,10 @@ class GRefCOCO:
 
     def image_path(self, record: ImageRecord) -> Path:
         return self.image_dir / record.file_name
+
+    def instance_ids(self, image_id: int) -> list[int]:
+        """Ids of the image's non-crowd instance annotations (referred to or not), in file order."""
+        return list(self._instances.get(image_id, []))
 
     def mask(self, ann_ids: tuple[int, ...] | list[int], height: int, width: int) -> np.ndarray:
         """Union of the instance masks ``ann_ids`` as (height, width) uint8 {0, 1}; all zeros for no target."""

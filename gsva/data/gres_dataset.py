@@ -26,7 +26,10 @@ from ..tokens import ControlTokenIds
 from .collate import EncodedSample, encode_sample
 from .grefcoco import GRefCOCO
 
-__all__ = ["GRESConversationDataset"]
+__all__ = ["GRESConversationDataset", "MAX_POINT_PROMPTS"]
+
+MAX_POINT_PROMPTS = 3
+"""Instances per image prompted by a point for the auxiliary SAM objective (``LossConfig.point_prompt_weight``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +77,39 @@ class GRESConversationDataset(Dataset):
             masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in exprs if not e.is_empty]) \
                 if any(present) else np.zeros((0, rec.height, rec.width), np.uint8)
             try:
-                return encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
-                                     self.tokenizer, self.token_ids, self.config,
-                                     meta={"image_id": rec.image_id, "phrases": phrases})
+                sample = encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
+                                       self.tokenizer, self.token_ids, self.config,
+                                       meta={"image_id": rec.image_id, "phrases": phrases})
             except PromptTooLongError:
                 if len(exprs) == 1:
                     raise
                 exprs = exprs[:-1]  # drop a target rather than truncate through a [SEG] (official defect §8.9)
+                continue
+            if self.config.loss.point_prompt_weight > 0:
+                sample.point_coords, sample.point_masks = self._point_prompts(rec, sample.resized_hw, rng)
+            return sample
+
+    def _point_prompts(self, rec, resized_hw: tuple[int, int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        """One positive point, uniform over its visible pixels, for up to MAX_POINT_PROMPTS instances of the image.
+
+        Returns ((m, 2) float32 (x, y) in the SAM input frame, (m, H, W) float32 {0, 1} instance masks).
+        """
+        ids = self.gref.instance_ids(rec.image_id)
+        ids = rng.sample(ids, min(len(ids), MAX_POINT_PROMPTS))
+        sy, sx = resized_hw[0] / rec.height, resized_hw[1] / rec.width
+        coords, masks = [], []
+        for a in ids:
+            m = self.gref.mask((a,), rec.height, rec.width)
+            ys, xs = np.nonzero(m)
+            if len(ys) == 0:
+                continue
+            j = rng.randrange(len(ys))
+            coords.append((xs[j] * sx, ys[j] * sy))
+            masks.append(m)
+        if not masks:
+            return torch.zeros((0, 2)), torch.zeros((0, rec.height, rec.width))
+        return (torch.tensor(coords, dtype=torch.float32),
+                torch.from_numpy(np.stack(masks).astype(np.float32)))
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -20,11 +20,11 @@ from torch import nn
 from ..config import GSVAConfig
 from ..data.collate import Batch
 from ..data.transforms import sam_postprocess
-from ..losses import LossBreakdown, gsva_loss
+from ..losses import LossBreakdown, gsva_loss, point_prompt_loss
 from ..tokens import ControlTokenIds
 from .mllm import build_llava
 from .projector import SegProjector
-from .sam import build_sam, decode_masks
+from .sam import build_sam, decode_masks, decode_point_masks
 from .seg_tokens import Slots, locate_slots
 
 __all__ = ["GSVAModel", "GSVAOutput"]
@@ -136,6 +136,20 @@ class GSVAModel(nn.Module):
         params = [p for m in (self.seg_projector, self.sam.mask_decoder) for p in m.parameters() if p.requires_grad]
         return sum(p.sum() for p in params) + image_embeddings.sum()
 
+    def point_prompt_loss(self, image_embeddings: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Auxiliary SAM objective (``LossConfig.point_prompt_weight``): masks from one positive point per instance.
+
+        ``image_embeddings`` (B, C, h, w); uses ``batch.point_coords`` / ``batch.point_masks``. Returns 0-dim fp32.
+        """
+        counts = [len(c) for c in batch.point_coords]
+        coords = torch.cat(batch.point_coords).to(image_embeddings.device)
+        index = torch.repeat_interleave(torch.arange(len(counts), device=coords.device),
+                                        torch.tensor(counts, device=coords.device))
+        low_res = decode_point_masks(self.sam, image_embeddings, coords, index)
+        logits = [self.postprocess(chunk, rhw, ohw)
+                  for chunk, rhw, ohw in zip(low_res.split(counts), batch.resized_hw, batch.original_hw)]
+        return point_prompt_loss(logits, batch.point_masks, self.config.loss)
+
     # -- training forward --------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> GSVAOutput:
         """Teacher-forced pass over a collated batch; returns logits, [SEG] mask logits and (when labelled) losses."""
@@ -155,4 +169,7 @@ class GSVAModel(nn.Module):
                              slot_ids=(self.token_ids.seg, self.token_ids.rej))
             if len(prompts) == 0:  # no [SEG] here: keep every mask-branch parameter in the graph (ZeRO reductions)
                 loss.total = loss.total + 0.0 * self._mask_branch_anchor(image_embeddings)
+            if self.config.loss.point_prompt_weight > 0 and batch.point_coords is not None:
+                loss.point_mask = self.point_prompt_loss(image_embeddings, batch)
+                loss.total = loss.total + loss.point_mask
         return GSVAOutput(lm_logits=logits, slots=slots, mask_logits=mask_logits, loss=loss)

@@ -21,7 +21,7 @@ from ..config import SamConfig
 from ..constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from .sam_import import sam_modeling
 
-__all__ = ["build_sam", "decode_masks"]
+__all__ = ["build_sam", "decode_masks", "decode_point_masks"]
 
 
 def build_sam(cfg: SamConfig) -> nn.Module:
@@ -71,22 +71,58 @@ def decode_masks(sam: nn.Module, image_embeddings: torch.Tensor, prompts: torch.
     dtype = image_embeddings.dtype
     if image_index.shape != (n,):
         raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
-    out = image_embeddings.new_zeros((n, 1, 4 * h, 4 * w))
-    if n == 0:
-        return out
+    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype).expand(n, c, h, w)
+    return _decode_per_image(sam, image_embeddings, prompts.to(dtype).unsqueeze(1), dense, image_index)
+
+
+def decode_point_masks(sam: nn.Module, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
+                       image_index: torch.Tensor) -> torch.Tensor:
+    """Low-resolution mask logits for one positive point prompt each, through SAM's own prompt encoder.
+
+    Used as an auxiliary objective when SAM is trained from scratch (``LossConfig.point_prompt_weight``); it is
+    SAM's interactive training signal (Kirillov et al., 2023, section 3), with a single positive click.
+
+    Args:
+        image_embeddings: (B, C, h, w). point_coords: (N, 2) float (x, y) in pixels of the SAM input frame
+            (after the longest-side resize, before padding). image_index: (N,) int64 row of each point's image.
+
+    Returns:
+        (N, 1, 4h, 4w) mask logits, in point order, dtype of ``image_embeddings``.
+    """
+    n = point_coords.shape[0]
+    if point_coords.shape != (n, 2) or image_index.shape != (n,):
+        raise ValueError(f"point_coords must be (N, 2) and image_index (N,), got {tuple(point_coords.shape)} "
+                         f"and {tuple(image_index.shape)}")
+    _keep_pe_fp32(sam)
+    labels = torch.ones((n, 1), dtype=torch.int64, device=point_coords.device)
+    with torch.autocast(point_coords.device.type, enabled=False):
+        sparse, dense = sam.prompt_encoder(points=(point_coords.float()[:, None, :], labels), boxes=None, masks=None)
+    dtype = image_embeddings.dtype
+    return _decode_per_image(sam, image_embeddings, sparse.to(dtype), dense.to(dtype), image_index)
+
+
+def _keep_pe_fp32(sam: nn.Module) -> None:
     pe_layer = sam.prompt_encoder.pe_layer
     if pe_layer.positional_encoding_gaussian_matrix.dtype != torch.float32:
         # model.to(bf16) also casts this buffer, but SAM builds its coordinate grid in fp32: keep the PE in fp32
         pe_layer.positional_encoding_gaussian_matrix = pe_layer.positional_encoding_gaussian_matrix.float()
-    image_pe = sam.prompt_encoder.get_dense_pe().to(dtype)  # (1, C, h, w)
-    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype).expand(1, c, h, w)
-    sparse = prompts.to(dtype).unsqueeze(1)  # (N, 1, C)
+
+
+def _decode_per_image(sam: nn.Module, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                      image_index: torch.Tensor) -> torch.Tensor:
+    """Run the mask decoder once per image on its prompts: sparse (N, k, C), dense (N, C, h, w) -> (N, 1, 4h, 4w)."""
+    n = sparse.shape[0]
+    h, w = image_embeddings.shape[-2:]
+    out = image_embeddings.new_zeros((n, 1, 4 * h, 4 * w))
+    if n == 0:
+        return out
+    _keep_pe_fp32(sam)
+    image_pe = sam.prompt_encoder.get_dense_pe().to(image_embeddings.dtype)  # (1, C, h, w)
     for b in torch.unique(image_index).tolist():
         sel = (image_index == b).nonzero(as_tuple=True)[0]
         masks, _iou = sam.mask_decoder(
             image_embeddings=image_embeddings[b : b + 1], image_pe=image_pe,
-            sparse_prompt_embeddings=sparse[sel], dense_prompt_embeddings=dense.expand(len(sel), -1, -1, -1),
-            multimask_output=False,
+            sparse_prompt_embeddings=sparse[sel], dense_prompt_embeddings=dense[sel], multimask_output=False,
         )
         out = out.index_put((sel,), masks.to(out.dtype))
     return out
