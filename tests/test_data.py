@@ -123,6 +123,31 @@ def test_unreadable_annotation_files(tmp_path):
         GRefCOCO(tmp_path / "none", tmp_path)
 
 
+def test_absent_expressions_are_not_predictable_from_text():
+    """Within every template ("the C S", "the S left of the C S", ...) present and absent targets both occur, so a
+    text-only guess of [REJ] is barely better than always answering "present" (the old generator allowed +14 points,
+    and the shipped model learned that shortcut)."""
+    from collections import defaultdict
+
+    from gsva.data.synth import scene_expressions
+
+    words = {**{c: "C" for c in COLORS}, **{s: "S" for s in SHAPES}, **{s + "s": "Ss" for s in SHAPES},
+             **{z: "Z" for z in SIZES}}
+    counts = defaultdict(lambda: [0, 0])  # template -> [present, absent]
+    for i in range(300):
+        for sent, targets in scene_expressions(make_scene(1, i), 1, i):
+            sent = sent[4:] if sent.startswith("the ") else sent
+            counts[" ".join(words.get(w, w) for w in sent.split())][not targets] += 1
+    total = sum(p + a for p, a in counts.values())
+    absent = sum(a for _p, a in counts.values()) / total
+    text_only = sum(max(p, a) for p, a in counts.values()) / total
+    assert 0.28 <= absent <= 0.45
+    assert text_only - max(absent, 1 - absent) < 0.05
+    for name in ("C S", "S", "Z C S", "C object", "leftmost S", "S left of the C S", "all C objects", "Ss"):
+        p, a = counts[name]
+        assert p > 0 and a > 0 and 0.2 < a / (p + a) < 0.6, (name, p, a)
+
+
 def test_point_prompts_lie_on_their_instances(synth_root, tokenizer):
     import dataclasses
 

@@ -3,9 +3,11 @@
 Scenes: 6 shape kinds x 6 colours x 2 sizes, 1-6 objects per image, occlusions (every object keeps >= 55 % of its
 area visible), textured and noisy backgrounds, JPEG images of varying size. Expressions name targets by attribute
 ("the red triangle", "the small blue star"), position ("the leftmost circle"), order ("the second square from the
-left"), relation ("the heart left of the green hexagon"), several targets ("all green objects", "the circles") and
-absent targets (about a third; "the purple star" when there is none, "the large red circle" when the red circle is
-small, relations that hold for nothing). Everything is a pure function of ``(seed, image index)``.
+left"), relation ("the heart left of the green hexagon") and several targets ("all green objects", "the circles").
+Every family of expressions comes in a present and an absent form built from the same template ("the purple star"
+when there is exactly one purple star, and when there is none; "the large red circle" when the red circle is small;
+relations that hold for nothing), drawn so that about a third of each family is absent: the words of an expression
+never tell whether its target is there, only the image does. Everything is a pure function of ``(seed, image index)``.
 
 Output layout (``<out>/grefcoco`` is the ``ann_dir`` and ``<out>/images`` the ``image_dir`` of
 :class:`gsva.data.grefcoco.GRefCOCO`)::
@@ -29,7 +31,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-__all__ = ["COLORS", "SHAPES", "SIZES", "SceneObject", "Scene", "make_scene", "scene_expressions",
+__all__ = ["COLORS", "SHAPES", "SIZES", "FAMILY_WEIGHTS", "ABSENT_RATE", "SceneObject", "Scene", "make_scene",
+           "expression_candidates", "scene_expressions",
            "write_synthetic_grefcoco", "split_of"]
 
 COLORS = {
@@ -176,39 +179,95 @@ def _unique_desc(obj: SceneObject, objs: list[SceneObject]) -> str | None:
     return None
 
 
-def _present_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, list[tuple[str, list[int]]]]:
-    cands: dict[str, list[tuple[str, list[int]]]] = {k: [] for k in
-                                                      ("attribute", "position", "ordinal", "relation", "multi")}
+_RELATIONS = (
+    ("left of", lambda o, a, gx, gy: o.cx < a.cx - gx),
+    ("right of", lambda o, a, gx, gy: o.cx > a.cx + gx),
+    ("above", lambda o, a, gx, gy: o.cy < a.cy - gy),
+    ("below", lambda o, a, gx, gy: o.cy > a.cy + gy),
+)
+
+FAMILY_WEIGHTS = {"shape": 0.10, "color_shape": 0.14, "size_color_shape": 0.10, "color_object": 0.08,
+                  "position": 0.16, "ordinal": 0.06, "relation": 0.16, "all_color": 0.08, "plural": 0.06,
+                  "color_plural": 0.06}
+"""How often each expression family is drawn (each family has present and absent forms)."""
+ABSENT_RATE = 0.32
+"""Probability that a draw asks for an absent form of its family (about a third of all expressions)."""
+
+
+@dataclass
+class _Family:
+    present: list[tuple[str, list[int]]]
+    absent: list[str]
+
+
+def expression_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, _Family]:
+    """Every expression of every family that is valid for the scene, as present (sentence, indices) or absent.
+
+    Each family has both forms built from the same template, so the words of an expression never tell whether its
+    target is there (e.g. "the red star" is present when exactly one red star exists and absent when none does):
+    only the image does. Ambiguous forms (two red stars for "the red star") are never produced.
+    """
     idx = range(len(objs))
-    for i in idx:
-        o = objs[i]
-        d = _unique_desc(o, objs)
-        if d is not None:
-            cands["attribute"].append((d, [i]))
-            if d == f"the {o.shape}" and sum(p.color == o.color for p in objs) == 1:
-                cands["attribute"].append((f"the {o.color} {o.shape}", [i]))
-        if sum(p.color == o.color for p in objs) == 1:
-            cands["attribute"].append((f"the {o.color} object", [i]))
+    fam = {k: _Family([], []) for k in FAMILY_WEIGHTS}
+
+    def count(**attrs) -> list[int]:
+        return [i for i in idx if all(getattr(objs[i], k) == v for k, v in attrs.items())]
+
+    for s in SHAPES:
+        n = len(count(shape=s))
+        if n == 1:
+            fam["shape"].present.append((f"the {s}", count(shape=s)))
+        elif n == 0:
+            fam["shape"].absent.append(f"the {s}")
+        for c in COLORS:
+            hits = count(shape=s, color=c)
+            if len(hits) == 1:
+                fam["color_shape"].present.append((f"the {c} {s}", hits))
+            elif not hits:
+                fam["color_shape"].absent.append(f"the {c} {s}")
+            for z in SIZES:
+                exact = count(shape=s, color=c, size=z)
+                if len(exact) == 1:
+                    fam["size_color_shape"].present.append((f"the {z} {c} {s}", exact))
+                elif not exact and count(shape=s):
+                    # the shape is in the image (often in this colour, at the other size): a hard negative
+                    fam["size_color_shape"].absent.append(f"the {z} {c} {s}")
+    for c in COLORS:
+        hits = count(color=c)
+        if len(hits) == 1:
+            fam["color_object"].present.append((f"the {c} object", hits))
+        elif not hits:
+            fam["color_object"].absent.append(f"the {c} object")
+        if len(hits) >= 2:
+            fam["all_color"].present.append((f"all {c} objects", hits))
+        elif not hits:
+            fam["all_color"].absent.append(f"all {c} objects")
     gap_x, gap_y = 0.12 * w, 0.12 * h
-    groups = {s: [i for i in idx if objs[i].shape == s] for s in SHAPES}
+    groups = {s: count(shape=s) for s in SHAPES}
     groups["object"] = list(idx)
     for name, members in groups.items():
-        if len(members) < 2:
-            continue
         for axis, lo_word, hi_word, gap in (("cx", "leftmost", "rightmost", gap_x), ("cy", "topmost", "bottom", gap_y)):
+            if not members and name != "object":
+                fam["position"].absent += [f"the {lo_word} {name}", f"the {hi_word} {name}"]
+            if len(members) < 2:
+                continue
             order = sorted(members, key=lambda i: getattr(objs[i], axis))
             vals = [getattr(objs[i], axis) for i in order]
             if vals[1] - vals[0] >= gap:
-                cands["position"].append((f"the {lo_word} {name}", [order[0]]))
+                fam["position"].present.append((f"the {lo_word} {name}", [order[0]]))
             if vals[-1] - vals[-2] >= gap:
-                cands["position"].append((f"the {hi_word} {name}", [order[-1]]))
-        if len(members) >= 3 and name != "object":
+                fam["position"].present.append((f"the {hi_word} {name}", [order[-1]]))
+        if name == "object":
+            continue
+        if not members:
+            fam["ordinal"].absent += [f"the second {name} from the left", f"the second {name} from the right"]
+        elif len(members) >= 3:
             order = sorted(members, key=lambda i: objs[i].cx)
             xs = [objs[i].cx for i in order]
             if xs[1] - xs[0] >= gap_x and xs[2] - xs[1] >= gap_x:
-                cands["ordinal"].append((f"the second {name} from the left", [order[1]]))
+                fam["ordinal"].present.append((f"the second {name} from the left", [order[1]]))
             if xs[-1] - xs[-2] >= gap_x and xs[-2] - xs[-3] >= gap_x:
-                cands["ordinal"].append((f"the second {name} from the right", [order[-2]]))
+                fam["ordinal"].present.append((f"the second {name} from the right", [order[-2]]))
     for a in idx:
         anchor = _unique_desc(objs[a], objs)
         if anchor is None:
@@ -217,80 +276,45 @@ def _present_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, li
             for word, test in _RELATIONS:
                 hits = [i for i in idx if i != a and objs[i].shape == s and test(objs[i], objs[a], gap_x, gap_y)]
                 if len(hits) == 1:
-                    cands["relation"].append((f"the {s} {word} {anchor}", hits))
-    for c in COLORS:
-        members = [i for i in idx if objs[i].color == c]
-        if len(members) >= 2:
-            cands["multi"].append((f"all {c} objects", members))
+                    fam["relation"].present.append((f"the {s} {word} {anchor}", hits))
+                elif not hits:
+                    fam["relation"].absent.append(f"the {s} {word} {anchor}")
     for s in SHAPES:
         if len(groups[s]) >= 2:
-            cands["multi"].append((f"the {PLURAL[s]}", groups[s]))
-            for c in COLORS:
-                both = [i for i in groups[s] if objs[i].color == c]
-                if len(both) >= 2:
-                    cands["multi"].append((f"the {c} {PLURAL[s]}", both))
-    return cands
-
-
-_RELATIONS = (
-    ("left of", lambda o, a, gx, gy: o.cx < a.cx - gx),
-    ("right of", lambda o, a, gx, gy: o.cx > a.cx + gx),
-    ("above", lambda o, a, gx, gy: o.cy < a.cy - gy),
-    ("below", lambda o, a, gx, gy: o.cy > a.cy + gy),
-)
-
-
-def _absent_candidates(rng: random.Random, objs: list[SceneObject], w: int, h: int) -> list[str]:
-    out = []
-    present_pairs = {(o.color, o.shape) for o in objs}
-    for _ in range(12):
-        c, s = rng.choice(list(COLORS)), rng.choice(SHAPES)
-        if (c, s) not in present_pairs:
-            out.append(f"the {c} {s}")
-    colors = {o.color for o in objs}
-    shapes = {o.shape for o in objs}
-    out += [f"all {c} objects" for c in COLORS if c not in colors][:2]
-    out += [f"the {PLURAL[s]}" for s in SHAPES if s not in shapes][:2]
-    for o in objs:  # hard negatives: right colour and shape, wrong size
-        other = "small" if o.size == "large" else "large"
-        if not any(p.color == o.color and p.shape == o.shape and p.size == other for p in objs):
-            out.append(f"the {other} {o.color} {o.shape}")
-    gap_x, gap_y = 0.12 * w, 0.12 * h
-    for a in range(len(objs)):
-        anchor = _unique_desc(objs[a], objs)
-        if anchor is None:
-            continue
-        s = rng.choice(sorted(shapes))
-        word, test = rng.choice(_RELATIONS)
-        if not any(i != a and objs[i].shape == s and test(objs[i], objs[a], gap_x, gap_y) for i in range(len(objs))):
-            out.append(f"the {s} {word} {anchor}")
-    return out
-
-
-PRESENT_WEIGHTS = {"attribute": 0.40, "position": 0.18, "ordinal": 0.06, "relation": 0.12, "multi": 0.24}
+            fam["plural"].present.append((f"the {PLURAL[s]}", groups[s]))
+        elif not groups[s]:
+            fam["plural"].absent.append(f"the {PLURAL[s]}")
+        for c in COLORS:
+            both = count(shape=s, color=c)
+            if len(both) >= 2:
+                fam["color_plural"].present.append((f"the {c} {PLURAL[s]}", both))
+            elif not both and groups[s]:
+                fam["color_plural"].absent.append(f"the {c} {PLURAL[s]}")
+    return fam
 
 
 def scene_expressions(scene: Scene, seed: int, index: int, per_image: int = 8) -> list[tuple[str, list[int]]]:
-    """Pick about ``per_image`` (sentence, object indices) pairs; an empty index list marks an absent target.
+    """Pick up to ``per_image`` distinct (sentence, object indices) pairs; an empty index list marks an absent target.
 
-    About a third are absent targets; present ones are drawn by kind with :data:`PRESENT_WEIGHTS`.
+    Only families with both a present and an absent form in this scene are drawn (weights :data:`FAMILY_WEIGHTS`);
+    each draw takes the absent form with probability :data:`ABSENT_RATE`. So within every family about the same
+    share of expressions is absent, and the words alone cannot predict ``[REJ]``: only the image can.
     """
     rng = random.Random(f"expr-{seed}-{index}")
-    objs, w, h = scene.objects, scene.width, scene.height
-    cands = _present_candidates(objs, w, h)
-    absent = list(dict.fromkeys(_absent_candidates(rng, objs, w, h)))
-    n_absent = max(1, round(per_image / 3))
+    fam = expression_candidates(scene.objects, scene.width, scene.height)
+    kinds = [k for k in FAMILY_WEIGHTS if fam[k].present and fam[k].absent]
     chosen: dict[str, list[int]] = {}
-    kinds = [k for k in PRESENT_WEIGHTS if cands[k]]
-    for _ in range(per_image * 4):
-        if len(chosen) >= per_image - n_absent or not kinds:
+    for _ in range(per_image * 3):
+        if len(chosen) >= per_image or not kinds:
             break
-        kind = rng.choices(kinds, weights=[PRESENT_WEIGHTS[k] for k in kinds])[0]
-        sent, targets = rng.choice(cands[kind])
-        chosen.setdefault(sent, targets)
-    rng.shuffle(absent)
-    for sent in absent[:n_absent]:
-        chosen.setdefault(sent, [])
+        kind = rng.choices(kinds, weights=[FAMILY_WEIGHTS[k] for k in kinds])[0]
+        absent = rng.random() < ABSENT_RATE
+        # an unused expression of the drawn family and form, if any is left (a repeat would skew the forms' shares)
+        pool = [(a, []) for a in fam[kind].absent] if absent else fam[kind].present
+        unused = [(sent, targets) for sent, targets in pool if sent not in chosen]
+        if unused:
+            sent, targets = rng.choice(unused)
+            chosen[sent] = targets
     items = [(_the(rng, s), t) for s, t in chosen.items()]
     rng.shuffle(items)
     return items
