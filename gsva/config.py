@@ -48,10 +48,12 @@ class VisionConfig:
     """CLIP vision tower + multimodal projector.
 
     ``feature_layer`` indexes CLIP's hidden states (LLaVA ``mm_vision_select_layer``, -2 for LLaVA-v1); the CLS
-    token is always dropped. ``projector_type`` is ``"linear"`` (LLaVA-v1: one Linear) or ``"mlp2x_gelu"``
-    (LLaVA-1.5). ``preprocess`` is ``"center_crop"`` (CLIP's: shortest side to ``image_size``, then a centred crop,
-    as the official code does) or ``"resize"`` (squash the whole image to ``image_size`` x ``image_size``, so no
-    object near the border is cut away; used by ``gsva-tiny``).
+    token is always dropped. ``projector_type`` is ``"linear"`` (LLaVA-v1: one Linear), ``"mlp2x_gelu"``
+    (LLaVA-1.5) or ``"ln_mlp2x_gelu"`` (ours, for towers trained from scratch: each image's tokens centred and
+    layer-normed first; see :class:`gsva.modeling.mllm.NormedMlpProjector`). ``preprocess`` is ``"center_crop"``
+    (CLIP's: shortest side to ``image_size``, then a centred crop, as the official code does) or ``"resize"``
+    (squash the whole image to ``image_size`` x ``image_size``, so no object near the border is cut away; used by
+    ``gsva-tiny``).
     """
 
     hidden_size: int = 1024
@@ -72,8 +74,9 @@ class VisionConfig:
     def validate(self) -> None:
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.projector_type not in ("linear", "mlp2x_gelu"):
-            raise ConfigError(f"vision.projector_type must be 'linear' or 'mlp2x_gelu', got {self.projector_type!r}")
+        if self.projector_type not in ("linear", "mlp2x_gelu", "ln_mlp2x_gelu"):
+            raise ConfigError("vision.projector_type must be 'linear', 'mlp2x_gelu' or 'ln_mlp2x_gelu', "
+                              f"got {self.projector_type!r}")
         if self.preprocess not in ("center_crop", "resize"):
             raise ConfigError(f"vision.preprocess must be 'center_crop' or 'resize', got {self.preprocess!r}")
         if not -self.num_hidden_layers - 1 <= self.feature_layer <= self.num_hidden_layers:
@@ -303,7 +306,7 @@ def _tiny() -> GSVAConfig:
         name="gsva-tiny",
         vision=VisionConfig(
             hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-            image_size=160, patch_size=16, feature_layer=-1, projector_type="mlp2x_gelu", preprocess="resize",
+            image_size=160, patch_size=16, feature_layer=-1, projector_type="ln_mlp2x_gelu", preprocess="resize",
         ),
         text=TextConfig(
             hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,

@@ -125,3 +125,32 @@ def test_point_prompt_objective_trains_sam_and_is_off_by_default(micro_model, to
     assert micro_model.sam.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     assert micro_model.sam.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
     assert micro_model.seg_projector.layers[0].weight.grad is None  # points do not touch the [SEG] path
+
+
+def test_normed_projector_removes_a_shared_feature_vector(tokenizer):
+    """gsva-tiny's projector centres each image's tokens and layer-norms them: a huge vector shared by every token
+    (what a from-scratch tower grows) must not change the image tokens, and different images must stay different."""
+    import dataclasses
+
+    from gsva.config import ConfigError
+    from gsva.modeling.mllm import NormedMlpProjector
+
+    cfg = micro_config()
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, projector_type="ln_mlp2x_gelu"))
+    model = GSVAModel(cfg, add_control_tokens(tokenizer), len(tokenizer))
+    proj = model.mllm.model.multi_modal_projector
+    assert isinstance(proj, NormedMlpProjector)
+    assert "mllm.model.multi_modal_projector.norm.weight" in {n for n, _ in model.named_parameters()}
+    signal = torch.randn(2, 4, cfg.vision.hidden_size)  # (B, T, Dv)
+    shared = 500.0 * torch.randn(1, 1, cfg.vision.hidden_size)
+    with torch.no_grad():
+        out, out_shifted = proj(signal), proj(signal + shared)
+        assert out.shape == (2, 4, cfg.text.hidden_size)
+        assert torch.allclose(out, out_shifted, atol=1e-4)
+        assert (out[0] - out[1]).abs().mean() > 0.1 * out.abs().mean()
+        # transformers' plain mlp2x_gelu, for contrast: the shared vector swamps the image-dependent part
+        plain = GSVAModel(micro_config(), add_control_tokens(tokenizer), len(tokenizer)).mllm.model.multi_modal_projector
+        p = plain(signal + shared)
+        assert (p[0] - p[1]).abs().mean() < 0.1 * p.abs().mean()
+    with pytest.raises(ConfigError, match="projector_type"):
+        dataclasses.replace(cfg.vision, projector_type="mlp3x").validate()
