@@ -121,7 +121,7 @@ def point_prompt_loss(mask_logits: list[torch.Tensor], gt_masks: list[torch.Tens
         gt_masks: per image, (m_b, H_b, W_b) {0, 1} instance masks of those objects.
     Returns a 0-dim fp32 tensor (0 with no masks). Raises ValueError on count or size mismatch.
     """
-    like = next((m for m in mask_logits if m.numel()), mask_logits[0] if mask_logits else torch.zeros(()))
+    like = mask_logits[0] if mask_logits else torch.zeros(())  # only its device is used
     bce_sum, dice_sum, n = _mask_loss_sums(mask_logits, gt_masks, cfg, like)
     n = max(n, 1)
     return cfg.point_prompt_weight * (cfg.bce_weight * bce_sum / n + cfg.dice_weight * dice_sum / n)

@@ -74,8 +74,8 @@ def _check_llava(config: GSVAConfig, llava, where: Path) -> None:
              ("vision.image_size", config.vision.image_size, vision.image_size),
              ("vision.patch_size", config.vision.patch_size, vision.patch_size)]
     wrong = [f"{name}: config {ours} vs checkpoint {theirs}" for name, ours, theirs in pairs if ours != theirs]
-    if config.vision.projector_type == "linear":
-        wrong.append("vision.projector_type: config 'linear' (LLaVA-v1) vs checkpoint 'mlp2x_gelu' (HF Llava); "
-                     "convert the original LLaVA-v1 checkpoint instead")
+    if config.vision.projector_type != "mlp2x_gelu":  # HF Llava always has Linear-GELU-Linear
+        wrong.append(f"vision.projector_type: config {config.vision.projector_type!r} vs checkpoint 'mlp2x_gelu' "
+                     "(HF Llava); a LLaVA-v1 ('linear') checkpoint must be converted first")
     if wrong:
         raise CheckpointError(f"{where} does not match config {config.name}: " + "; ".join(wrong))

@@ -15,7 +15,7 @@ def test_build_from_llava_dir_and_sam_pth(micro_model, tokenizer, tmp_path):
     micro_model.mllm.save_pretrained(tmp_path / "llava")
     tokenizer.save_pretrained(tmp_path / "llava")
     torch.save(micro_model.sam.state_dict(), tmp_path / "sam_vit_micro.pth")
-    cfg = dataclasses.replace(micro_config(lora_rank=4, from_scratch=False))
+    cfg = micro_config(lora_rank=4, from_scratch=False)
     model, tok = build_from_components(cfg, tmp_path / "llava", tmp_path / "sam_vit_micro.pth")
     assert len(tok) == len(tokenizer) and model.token_ids == micro_model.token_ids
     for k, v in micro_model.sam.state_dict().items():
@@ -38,5 +38,9 @@ def test_mismatched_parts_are_clear_errors(micro_model, tokenizer, tmp_path):
     bigger.text.hidden_size = 128
     with pytest.raises(CheckpointError, match="text.hidden_size"):
         build_from_components(bigger, tmp_path / "llava", tmp_path / "sam.pth")
+    normed = dataclasses.replace(micro_config(), vision=dataclasses.replace(micro_config().vision,
+                                                                              projector_type="ln_mlp2x_gelu"))
+    with pytest.raises(CheckpointError, match="projector_type"):
+        build_from_components(normed, tmp_path / "llava", tmp_path / "sam.pth")
     with pytest.raises(CheckpointError, match="does not exist"):
         build_from_components(micro_config(), tmp_path / "nope", tmp_path / "sam.pth")

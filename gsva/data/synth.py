@@ -32,7 +32,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 __all__ = ["COLORS", "SHAPES", "SIZES", "FAMILY_WEIGHTS", "ABSENT_RATE", "SceneObject", "Scene", "make_scene",
-           "expression_candidates", "scene_expressions",
+           "ExpressionFamily", "expression_candidates", "scene_expressions",
            "write_synthetic_grefcoco", "split_of"]
 
 COLORS = {
@@ -195,12 +195,14 @@ ABSENT_RATE = 0.32
 
 
 @dataclass
-class _Family:
+class ExpressionFamily:
+    """One family's expressions valid for a scene: present (sentence, object indices) and absent sentences."""
+
     present: list[tuple[str, list[int]]]
     absent: list[str]
 
 
-def expression_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, _Family]:
+def expression_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, ExpressionFamily]:
     """Every expression of every family that is valid for the scene, as present (sentence, indices) or absent.
 
     Each family has both forms built from the same template, so the words of an expression never tell whether its
@@ -208,16 +210,16 @@ def expression_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, 
     only the image does. Ambiguous forms (two red stars for "the red star") are never produced.
     """
     idx = range(len(objs))
-    fam = {k: _Family([], []) for k in FAMILY_WEIGHTS}
+    fam = {k: ExpressionFamily([], []) for k in FAMILY_WEIGHTS}
 
     def count(**attrs) -> list[int]:
         return [i for i in idx if all(getattr(objs[i], k) == v for k, v in attrs.items())]
 
+    groups = {s: count(shape=s) for s in SHAPES}
     for s in SHAPES:
-        n = len(count(shape=s))
-        if n == 1:
-            fam["shape"].present.append((f"the {s}", count(shape=s)))
-        elif n == 0:
+        if len(groups[s]) == 1:
+            fam["shape"].present.append((f"the {s}", groups[s]))
+        elif not groups[s]:
             fam["shape"].absent.append(f"the {s}")
         for c in COLORS:
             hits = count(shape=s, color=c)
@@ -229,7 +231,7 @@ def expression_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, 
                 exact = count(shape=s, color=c, size=z)
                 if len(exact) == 1:
                     fam["size_color_shape"].present.append((f"the {z} {c} {s}", exact))
-                elif not exact and count(shape=s):
+                elif not exact and groups[s]:
                     # the shape is in the image (often in this colour, at the other size): a hard negative
                     fam["size_color_shape"].absent.append(f"the {z} {c} {s}")
     for c in COLORS:
@@ -243,7 +245,6 @@ def expression_candidates(objs: list[SceneObject], w: int, h: int) -> dict[str, 
         elif not hits:
             fam["all_color"].absent.append(f"all {c} objects")
     gap_x, gap_y = 0.12 * w, 0.12 * h
-    groups = {s: count(shape=s) for s in SHAPES}
     groups["object"] = list(idx)
     for name, members in groups.items():
         for axis, lo_word, hi_word, gap in (("cx", "leftmost", "rightmost", gap_x), ("cy", "topmost", "bottom", gap_y)):
