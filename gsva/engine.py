@@ -34,6 +34,7 @@ from .checkpoint import load_model, save_model
 from .config import ConfigError, GSVAConfig, _from_dict, get_named_config
 from .conversation import ANSWER_STARTS, ANSWER_TEMPLATES, QUESTION_TEMPLATES, SYSTEM_PROMPT
 from .data.collate import collate
+from .data.describe import describe_texts
 from .data.grefcoco import GRefCOCO
 from .data.gres_dataset import GRESConversationDataset, worker_init_fn
 from .modeling.gsva_model import GSVAModel
@@ -53,6 +54,8 @@ class TrainRecipe:
     LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations, ``<root>/images``), ``train_split``.
     Batch: ``batch_size`` per process x ``grad_accum`` x processes = global batch.
+    ``caption_rate``: share of training items that are describe-the-scene conversations instead of GRES ones
+    (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch).
     """
 
     model: str = "gsva-tiny"
@@ -63,6 +66,7 @@ class TrainRecipe:
     data_root: str = "data/synth"
     train_split: str = "train"
     max_targets: int = 5
+    caption_rate: float = 0.0
     tokenizer_vocab_size: int = 1000
     output_dir: str = "runs/gsva-tiny"
     seed: int = 0
@@ -88,6 +92,8 @@ class TrainRecipe:
         for name in ("max_steps", "batch_size", "grad_accum", "max_targets", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if not 0.0 <= self.caption_rate < 1.0:
+            raise ConfigError("caption_rate must be in [0, 1)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ConfigError("warmup_steps must be >= 0 and lr > 0")
         return self
@@ -120,9 +126,12 @@ def lr_at(step: int, recipe: TrainRecipe) -> float:
     return max(0.0, 1.0 - (step - recipe.warmup_steps) / span)
 
 
-def tokenizer_corpus(gref: GRefCOCO) -> list[str]:
-    """Texts the tiny tokenizer is trained on: every expression plus the prompt and answer templates."""
+def tokenizer_corpus(gref: GRefCOCO, describe: bool = False) -> list[str]:
+    """Texts the tiny tokenizer is trained on: every expression plus the prompt and answer templates, and with
+    ``describe`` the describe-the-scene question and answers (:mod:`gsva.data.describe`)."""
     texts = [s["sent"] for r in gref.refs for s in r["sentences"]]
+    if describe:
+        texts += describe_texts(gref)
     texts += [SYSTEM_PROMPT + " USER: ", " ASSISTANT:", "USER: "] + list(QUESTION_TEMPLATES)
     texts += [" " + s for s in ANSWER_STARTS] + [t.replace("[SEG]", "") for t in ANSWER_TEMPLATES]
     return texts
@@ -148,7 +157,8 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO) -> tuple[GSVA
                           "or init_from")
     from .tokenizer_build import train_tokenizer
 
-    tokenizer = train_tokenizer(tokenizer_corpus(gref), vocab_size=recipe.tokenizer_vocab_size)
+    corpus = tokenizer_corpus(gref, describe=recipe.caption_rate > 0)
+    tokenizer = train_tokenizer(corpus, vocab_size=recipe.tokenizer_vocab_size)
     ids = add_control_tokens(tokenizer)
     config.text.vocab_size = recipe.tokenizer_vocab_size
     return GSVAModel(config, ids, len(tokenizer)), tokenizer
@@ -230,7 +240,8 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.dataset = GRESConversationDataset(self.gref, recipe.train_split, self.tokenizer,
                                                add_control_tokens(self.tokenizer), self.model.config,
-                                               max_targets=recipe.max_targets, seed=recipe.seed)
+                                               max_targets=recipe.max_targets, seed=recipe.seed,
+                                               caption_rate=recipe.caption_rate)
 
     def _init_deepspeed(self, resume: Path | None) -> None:
         import deepspeed

@@ -7,7 +7,8 @@ the paper's default max is 5, appendix Figure A4), otherwise uniform in 1..that.
 Differences from the official sampler (documented choices): k also takes smaller values (the official always takes
 min(N, #sentences)), so single-expression questions, as used by per-expression evaluation, are seen in training;
 and conversations whose targets are all absent are kept (the official redraws them), so "nothing here" answers are
-learned too.
+learned too. With ``caption_rate`` > 0 (from-scratch recipes only), that share of items is a describe-the-scene
+conversation instead (:mod:`gsva.data.describe`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import GSVAConfig
-from ..conversation import PromptTooLongError, Turn, answer_pieces, question_text, render_conversation
+from ..conversation import Piece, PromptTooLongError, Turn, answer_pieces, question_text, render_conversation
 from ..images import load_image
 from ..tokens import ControlTokenIds
 from .collate import EncodedSample, encode_sample
+from .describe import DESCRIBE_QUESTION, describe_answer
 from .grefcoco import GRefCOCO
 
 __all__ = ["GRESConversationDataset", "MAX_POINT_PROMPTS"]
@@ -40,10 +42,14 @@ class GRESConversationDataset(Dataset):
     Args:
         gref: the annotation index. split: e.g. "train". max_targets: N, at most this many targets per question.
         seed: base seed; item ``i`` at its ``e``-th access uses ``Random((seed, i, e))``, so runs are reproducible.
+        caption_rate: probability in [0, 1) that an item is a describe-the-scene conversation (no slots, no masks)
+            instead of a GRES one. Raises ValueError outside that range.
     """
 
     def __init__(self, gref: GRefCOCO, split: str, tokenizer, token_ids: ControlTokenIds, config: GSVAConfig,
-                 max_targets: int = 5, seed: int = 0) -> None:
+                 max_targets: int = 5, seed: int = 0, caption_rate: float = 0.0) -> None:
+        if not 0.0 <= caption_rate < 1.0:
+            raise ValueError(f"caption_rate must be in [0, 1), got {caption_rate}")
         self.gref = gref
         self.records = gref.records(split)
         self.tokenizer = tokenizer
@@ -51,6 +57,7 @@ class GRESConversationDataset(Dataset):
         self.config = config
         self.max_targets = max_targets
         self.seed = seed
+        self.caption_rate = caption_rate
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -67,6 +74,8 @@ class GRESConversationDataset(Dataset):
         if image.shape[:2] != (rec.height, rec.width):
             raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
                              f"{rec.width}x{rec.height}")
+        if self.caption_rate and rng.random() < self.caption_rate:
+            return self._describe_sample(rec, image, rng)
         most = min(self.max_targets, len(rec.expressions))
         k = most if rng.random() < 0.5 else rng.randint(1, most)
         exprs = rng.sample(list(rec.expressions), k)
@@ -88,6 +97,17 @@ class GRESConversationDataset(Dataset):
             if self.config.loss.point_prompt_weight > 0:
                 sample.point_coords, sample.point_masks = self._point_prompts(rec, sample.resized_hw, rng)
             return sample
+
+    def _describe_sample(self, rec, image: np.ndarray, rng: random.Random) -> EncodedSample:
+        """A describe-the-scene conversation on ``rec`` (no [SEG]/[REJ] slots, so no masks)."""
+        answer = [Piece(describe_answer(self.gref, rec.image_id), train=True), Piece(control="<eos>", train=True)]
+        pieces = render_conversation([Turn(DESCRIBE_QUESTION, answer)], self.config.use_im_start_end)
+        no_masks = np.zeros((0, rec.height, rec.width), np.uint8)
+        sample = encode_sample(image, pieces, no_masks, self.tokenizer, self.token_ids, self.config,
+                               meta={"image_id": rec.image_id, "phrases": [], "task": "describe"})
+        if self.config.loss.point_prompt_weight > 0:
+            sample.point_coords, sample.point_masks = self._point_prompts(rec, sample.resized_hw, rng)
+        return sample
 
     def _point_prompts(self, rec, resized_hw: tuple[int, int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
         """One positive point, uniform over its visible pixels, for up to MAX_POINT_PROMPTS instances of the image.

@@ -1,0 +1,61 @@
+"""Describe-the-scene conversations: an image-grounding task for models whose vision side is trained from scratch.
+
+LLaVA's first stage aligns vision and language on captions before any instruction tuning; the paper's models start
+from such a LLaVA. ``gsva-tiny`` has no such start: its vision tower, projector and language model begin random, and
+trained on GRES conversations alone its language model learns to answer from the question's text and ignore the
+image (README "Known weakness"). A GRES answer gives one image-dependent decision per target ([SEG] or [REJ]); a
+description gives one per word. Mixing these conversations into training (``TrainRecipe.caption_rate``) is our
+addition for the from-scratch recipe; the official recipe has no such task.
+
+Question: :data:`DESCRIBE_QUESTION`. Answer: ``" There are N objects: a small red circle, a large blue star."`` with the
+image's non-crowd instances ordered left to right by box centre (ties: top to bottom). An instance's phrase is its
+category name, preceded by the ``size`` and ``color`` of its ``attributes`` when the annotation has them (our synthetic
+``instances.json`` does; real COCO annotations do not, and then the phrase is the category name alone).
+"""
+
+from __future__ import annotations
+
+from .grefcoco import AnnotationError, GRefCOCO
+
+__all__ = ["DESCRIBE_QUESTION", "instance_phrase", "describe_answer", "describe_texts"]
+
+DESCRIBE_QUESTION = "Describe the objects in this image from left to right."
+
+_ATTRIBUTE_ORDER = ("size", "color")
+
+
+def instance_phrase(annotation: dict, categories: dict[int, str]) -> str:
+    """``"small red circle"`` from a COCO annotation with optional ``attributes`` {"size", "color"}.
+
+    Raises KeyError if the annotation's ``category_id`` is not among ``categories``.
+    """
+    attrs = annotation.get("attributes") or {}
+    words = [str(attrs[k]) for k in _ATTRIBUTE_ORDER if attrs.get(k)]
+    return " ".join(words + [categories[int(annotation["category_id"])]])
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def describe_answer(gref: GRefCOCO, image_id: int) -> str:
+    """The answer text for image ``image_id`` (starts with a space, ends with a full stop; no control tokens).
+
+    Raises :class:`AnnotationError` naming the annotation if its ``bbox`` or ``category_id`` is missing or unknown.
+    """
+    anns = [gref.anns[a] for a in gref.instance_ids(image_id)]
+    if not anns:
+        return " There are no objects."
+    try:
+        anns.sort(key=lambda a: (a["bbox"][0] + a["bbox"][2] / 2, a["bbox"][1] + a["bbox"][3] / 2))
+        phrases = ", ".join(_with_article(instance_phrase(a, gref.categories)) for a in anns)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise AnnotationError(f"{gref.ann_dir / 'instances.json'}: image {image_id}: an annotation lacks a valid "
+                              f"bbox or category_id ({exc!r})") from None
+    head = "There is 1 object" if len(anns) == 1 else f"There are {len(anns)} objects"
+    return f" {head}: {phrases}."
+
+
+def describe_texts(gref: GRefCOCO) -> list[str]:
+    """Every text the describe task can produce on ``gref`` (question and one answer per image), for tokenizers."""
+    return [DESCRIBE_QUESTION] + [describe_answer(gref, i) for i in sorted(gref.images)]
