@@ -123,3 +123,18 @@ def test_model_trains_on_a_describe_only_batch(synth_root, tokenizer, micro_mode
     out.loss.total.backward()
     assert out.loss.num_masks == 0 and out.loss.total.isfinite()
     assert micro_model.mllm.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_too_long_description_falls_back_to_a_gres_conversation(synth_root, tokenizer, monkeypatch):
+    from gsva.data import gres_dataset
+    from gsva.data.gres_dataset import GRESConversationDataset
+    from gsva.tokens import add_control_tokens
+
+    from .conftest import micro_config
+
+    monkeypatch.setattr(gres_dataset, "describe_answer", lambda gref, image_id: " a red circle," * 500)
+    gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
+    ds = GRESConversationDataset(gref, "train", tokenizer, add_control_tokens(tokenizer), micro_config(),
+                                 caption_rate=0.99)
+    sample = ds[0]
+    assert sample.meta.get("task") != "describe" and sample.meta["phrases"]

@@ -75,7 +75,10 @@ class GRESConversationDataset(Dataset):
             raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
                              f"{rec.width}x{rec.height}")
         if self.caption_rate and rng.random() < self.caption_rate:
-            return self._describe_sample(rec, image, rng)
+            try:
+                return self._describe_sample(rec, image, rng)
+            except PromptTooLongError:  # e.g. a real image with dozens of instances: ask a GRES question instead
+                logger.debug("description of image %d is too long; using a GRES conversation", rec.image_id)
         most = min(self.max_targets, len(rec.expressions))
         k = most if rng.random() < 0.5 else rng.randint(1, most)
         exprs = rng.sample(list(rec.expressions), k)
