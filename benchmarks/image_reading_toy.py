@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gsva.config import get_named_config  # noqa: E402
+from gsva.constants import IGNORE_INDEX  # noqa: E402
 from gsva.conversation import SYSTEM_PROMPT, Piece, Turn, render_conversation  # noqa: E402
 from gsva.data.collate import collate, encode_sample  # noqa: E402
 from gsva.data.synth import COLORS  # noqa: E402
@@ -109,7 +110,7 @@ def main() -> int:
                 with torch.no_grad(), autocast:
                     logits = model(batch).lm_logits.float()
                 for r, (_, _, answer) in enumerate(chunk):
-                    pos = int((batch.labels[r] != -100).nonzero()[0, 0]) - 1  # predicts the answer word
+                    pos = int((batch.labels[r] != IGNORE_INDEX).nonzero()[0, 0]) - 1  # predicts the answer word
                     correct += words[int(logits[r, pos, word_ids].argmax())] == answer
             print(f"step {step:5d}  loss {loss.item():.3f}  accuracy {correct / len(eval_items):.3f}", flush=True)
     return 0

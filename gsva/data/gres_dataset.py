@@ -74,11 +74,20 @@ class GRESConversationDataset(Dataset):
         if image.shape[:2] != (rec.height, rec.width):
             raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
                              f"{rec.width}x{rec.height}")
+        sample = None
         if self.caption_rate and rng.random() < self.caption_rate:
             try:
-                return self._describe_sample(rec, image, rng)
+                sample = self._describe_sample(rec, image)
             except PromptTooLongError:  # e.g. a real image with dozens of instances: ask a GRES question instead
                 logger.debug("description of image %d is too long; using a GRES conversation", rec.image_id)
+        if sample is None:
+            sample = self._gres_sample(rec, image, rng)
+        if self.config.loss.point_prompt_weight > 0:
+            sample.point_coords, sample.point_masks = self._point_prompts(rec, sample.resized_hw, rng)
+        return sample
+
+    def _gres_sample(self, rec, image: np.ndarray, rng: random.Random) -> EncodedSample:
+        """A multi-target GRES conversation on ``rec``: k drawn expressions, one [SEG]/[REJ] slot each."""
         most = min(self.max_targets, len(rec.expressions))
         k = most if rng.random() < 0.5 else rng.randint(1, most)
         exprs = rng.sample(list(rec.expressions), k)
@@ -89,28 +98,21 @@ class GRESConversationDataset(Dataset):
             masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in exprs if not e.is_empty]) \
                 if any(present) else np.zeros((0, rec.height, rec.width), np.uint8)
             try:
-                sample = encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
-                                       self.tokenizer, self.token_ids, self.config,
-                                       meta={"image_id": rec.image_id, "phrases": phrases})
+                return encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
+                                     self.tokenizer, self.token_ids, self.config,
+                                     meta={"image_id": rec.image_id, "phrases": phrases})
             except PromptTooLongError:
                 if len(exprs) == 1:
                     raise
                 exprs = exprs[:-1]  # drop a target rather than truncate through a [SEG] (official defect §8.9)
-                continue
-            if self.config.loss.point_prompt_weight > 0:
-                sample.point_coords, sample.point_masks = self._point_prompts(rec, sample.resized_hw, rng)
-            return sample
 
-    def _describe_sample(self, rec, image: np.ndarray, rng: random.Random) -> EncodedSample:
+    def _describe_sample(self, rec, image: np.ndarray) -> EncodedSample:
         """A describe-the-scene conversation on ``rec`` (no [SEG]/[REJ] slots, so no masks)."""
         answer = [Piece(describe_answer(self.gref, rec.image_id), train=True), Piece(control="<eos>", train=True)]
         pieces = render_conversation([Turn(DESCRIBE_QUESTION, answer)], self.config.use_im_start_end)
         no_masks = np.zeros((0, rec.height, rec.width), np.uint8)
-        sample = encode_sample(image, pieces, no_masks, self.tokenizer, self.token_ids, self.config,
-                               meta={"image_id": rec.image_id, "phrases": [], "task": "describe"})
-        if self.config.loss.point_prompt_weight > 0:
-            sample.point_coords, sample.point_masks = self._point_prompts(rec, sample.resized_hw, rng)
-        return sample
+        return encode_sample(image, pieces, no_masks, self.tokenizer, self.token_ids, self.config,
+                             meta={"image_id": rec.image_id, "phrases": [], "task": "describe"})
 
     def _point_prompts(self, rec, resized_hw: tuple[int, int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
         """One positive point, uniform over its visible pixels, for up to MAX_POINT_PROMPTS instances of the image.
