@@ -1,10 +1,17 @@
-"""Evaluate a GSVA model on a gRefCOCO-format split by free generation, with the ReLA (gRefCOCO) metrics.
+"""Evaluate a GSVA model on a referring-segmentation benchmark.
 
-    python eval/evaluate.py --dataset grefcoco --data-root data/synth --split val --protocol generate \
-        --out runs/eval-val [--model DIR] [--limit N]
+    python eval/evaluate.py --dataset grefcoco|refzom|reasonseg|refcoco|refcoco+|refcocog|refclef \
+        --data-root DIR --split SPLIT --out DIR [--model DIR] [--protocol generate|teacher-forced|both] \
+        [--prompt-mode per-expression|per-image] [--prompt-style ours|official] [--batch-size B] [--limit N] \
+        [--scorers rela,gsva,...] [--dmmi-resize 480] [--image-root DIR] [--refs-file NAME]
 
-``--data-root`` holds ``grefcoco/`` (annotations) and ``images/``. Writes ``metrics.json`` and
-``predictions.jsonl`` (one line per expression, masks as COCO RLE) to ``--out`` and prints a table.
+    torchrun --nproc_per_node N eval/evaluate.py ...      # shards images over N processes, same output
+
+Folder layouts: :mod:`gsva.evaluation.benchmarks`; protocols: :mod:`gsva.evaluation.protocols`; scorers:
+:mod:`gsva.scoring`. Writes to ``--out``: ``metrics.json`` (dataset, split, protocol, prompt mode/style, model,
+scorers and counts), ``predictions.jsonl`` (one line per expression, masks as COCO RLE) and ``calibration.json`` /
+``calibration.png`` (metrics against the reject threshold); prints a table. ``gsva score --predictions
+OUT/predictions.jsonl`` recomputes the same numbers from the file.
 """
 
 from __future__ import annotations
@@ -20,44 +27,138 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from gsva.data.grefcoco import GRefCOCO  # noqa: E402
-from gsva.evaluation import evaluate_generate  # noqa: E402
+from gsva.evaluation import DATASETS, PROMPT_MODES, PROMPT_STYLES, PROTOCOLS, open_benchmark, run_benchmark, summarize  # noqa: E402,E501
+from gsva.evaluation.report import format_table, write_calibration, write_predictions  # noqa: E402
 from gsva.inference import GSVAPredictor, default_model_dir  # noqa: E402
+from gsva.scoring import DEFAULT_SCORERS, SCORERS  # noqa: E402
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun (process group on gloo, or nccl with CUDA), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _gather(rows: list[dict], rank: int, world: int) -> list[dict] | None:
+    """All shards' rows on rank 0, restored to benchmark order (shard r holds images r, r + world, ...)."""
+    if world == 1:
+        return rows
+    import torch.distributed as dist
+
+    shards: list = [None] * world
+    dist.all_gather_object(shards, rows)
+    if rank != 0:
+        return None
+    by_image: list[list[list[dict]]] = []
+    for shard in shards:
+        groups: list[list[dict]] = []
+        for row in shard:
+            if not groups or groups[-1][-1]["image_id"] != row["image_id"]:
+                groups.append([])
+            groups[-1].append(row)
+        by_image.append(groups)
+    ordered = []
+    for i in range(max(len(g) for g in by_image)):
+        for groups in by_image:
+            if i < len(groups):
+                ordered.extend(groups[i])
+    return ordered
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["grefcoco"], default="grefcoco")
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--data-root", required=True, type=Path)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: shipped gsva-tiny)")
-    parser.add_argument("--protocol", choices=["generate"], default="generate")
+    parser.add_argument("--split", required=True)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: shipped gsva-tiny)")
+    parser.add_argument("--protocol", choices=PROTOCOLS + ("both",), default="generate",
+                        help="'both' runs generate then teacher-forced, writing OUT/generate and OUT/teacher-forced")
+    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="per-expression")
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="ours",
+                        help="'official' reproduces GSVA's validation strings exactly")
+    parser.add_argument("--batch-size", type=int, default=1, help="conversations per forward (teacher-forced; "
+                        "generation answers one question at a time)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--scorers", default=None, help=f"comma-separated from {', '.join(SCORERS)} "
+                        "(default: the dataset's)")
+    parser.add_argument("--dmmi-resize", type=int, default=None, help="DMMI scoring size (official Ref-ZOM: 480)")
+    parser.add_argument("--image-root", type=Path, default=None)
+    parser.add_argument("--refs-file", default=None, help="refs file name, e.g. 'refs(google).p'")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    gref = GRefCOCO(args.data_root / "grefcoco", args.data_root / "images")
-    predictor = GSVAPredictor.from_pretrained(args.model)
-    start = time.time()
-    metrics, rows = evaluate_generate(predictor, gref, args.split, args.limit,
-                                      progress=lambda it: tqdm(it, desc=f"{args.dataset}/{args.split}"))
-    metrics.update({"dataset": args.dataset, "split": args.split, "protocol": args.protocol, "scorer": "rela",
-                    "prompt_mode": "per-expression", "model": str(args.model or default_model_dir()),
-                    "seconds": round(time.time() - start, 1)})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(args.out / "predictions.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row.to_json()) + "\n")
-    for key in ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9"):
-        value = metrics[key]
-        print(f"{key:>8}: " + ("   n/a" if value is None else f"{100 * value:6.2f}"))
-    print(f"expressions {metrics['num_expressions']} (no-target {metrics['num_no_target']}), slots missing "
-          f"{metrics['slots_missing']}, extra {metrics['slots_extra']}; {metrics['seconds']} s")
+    scorers = tuple(args.scorers.split(",")) if args.scorers else DEFAULT_SCORERS[args.dataset]
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown:
+        parser.error(f"unknown scorer(s) {', '.join(unknown)}; known: {', '.join(SCORERS)}")
+    rank, world = _distributed()
+    device = args.device if world == 1 or args.device == "cpu" else f"cuda:{rank % torch.cuda.device_count()}"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    benchmark = open_benchmark(args.dataset, args.data_root, args.split, args.image_root, args.refs_file)
+    predictor = GSVAPredictor.from_pretrained(args.model, device=device, dtype=dtype)
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    for protocol in protocols:
+        out = args.out / protocol if args.protocol == "both" else args.out
+        _run_one(args, benchmark, predictor, protocol, scorers, out, rank, world)
     return 0
 
 
+def _run_one(args, benchmark, predictor, protocol: str, scorers: tuple[str, ...], out: Path, rank: int,
+             world: int) -> None:
+    """Evaluate one protocol; rank 0 writes ``out`` and prints the table."""
+    start = time.time()
+    batch_size = 1 if protocol == "generate" else args.batch_size
+    rows = run_benchmark(benchmark, predictor, protocol, args.prompt_mode, args.prompt_style, batch_size,
+                         args.limit, shard=(rank, world),
+                         progress=lambda it: tqdm(it, desc=f"{args.dataset}/{args.split} {protocol}",
+                                                  disable=rank != 0))
+    seconds = time.time() - start
+    rows = _gather(rows, rank, world)
+    if rows is None:
+        return
+    metrics = summarize(rows, args.dataset, scorers, args.dmmi_resize)
+    metrics.update({"dataset": args.dataset, "split": args.split, "protocol": protocol,
+                    "prompt_mode": args.prompt_mode, "prompt_style": args.prompt_style,
+                    "model": str(args.model or default_model_dir()), "dmmi_resize": args.dmmi_resize,
+                    "batch_size": batch_size, "world_size": world, "limit": args.limit, "dtype": args.dtype,
+                    "seconds": round(seconds, 1),
+                    "expressions_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None})
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(rows, out / "predictions.jsonl")
+    table = write_calibration(rows, out, f"{args.dataset} {args.split}, {protocol}")
+    metrics["calibration"] = {"best_threshold": table["best"]["threshold"], "best_gIoU": table["best"]["gIoU"]}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"{args.dataset}/{args.split}, protocol {protocol}, {args.prompt_mode} prompts ({args.prompt_style}) "
+          f"-> {out}")
+    print(format_table(metrics["scorers"]))
+    s = metrics["slots"]
+    print(f"images {metrics['num_images']}, expressions {metrics['num_expressions']}; slots ok {s['ok']}, missing "
+          f"{s['missing']}, extra {s['extra']}; reject threshold maximising gIoU (rela): "
+          f"{table['best']['threshold']:.2f} (gIoU {100 * table['best']['gIoU']:.2f}); {metrics['seconds']} s")
+
+
+def _main_with_clean_errors() -> int:
+    """Bad data or model files end with one ``error: ...`` line (naming the file) and status 2."""
+    from gsva.checkpoint import CheckpointError
+    from gsva.data.refer import AnnotationError
+    from gsva.images import ImageError
+
+    try:
+        return main()
+    except (AnnotationError, ImageError, CheckpointError, FileNotFoundError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_with_clean_errors())

@@ -1,4 +1,5 @@
-"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data) and ``gsva predict`` (one image, one query).
+"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva predict`` (one image, one query)
+and ``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``).
 
 Bad input exits with status 2 and one ``error: ...`` line on stderr, no traceback.
 """
@@ -57,6 +58,37 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from .evaluation.report import format_table, write_calibration
+    from .scoring import DEFAULT_SCORERS, SCORERS, read_predictions, score_samples
+
+    saved = args.predictions.parent / "metrics.json"  # written next to it by eval/evaluate.py
+    saved = json.loads(saved.read_text()) if saved.is_file() else {}
+    dataset = args.dataset or saved.get("dataset")
+    dmmi_resize = args.dmmi_resize if args.dmmi_resize is not None else saved.get("dmmi_resize")
+    if args.scorer:
+        names = tuple(args.scorer.split(","))
+    elif saved.get("scorers"):
+        names = tuple(saved["scorers"])
+    else:
+        names = DEFAULT_SCORERS.get(dataset or "grefcoco", ("rela",))
+    unknown = [n for n in names if n not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorer(s) {', '.join(unknown)}; known: {', '.join(SCORERS)}")
+    pairs = list(read_predictions(args.predictions))
+    result = score_samples((sample for _, sample in pairs), names, dataset, dmmi_resize)
+    sys.stdout.write(format_table(result) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    if args.calibrate is not None:
+        args.calibrate.mkdir(parents=True, exist_ok=True)
+        table = write_calibration([row for row, _ in pairs], args.calibrate, str(args.predictions))
+        sys.stdout.write(f"reject threshold maximising gIoU (rela): {table['best']['threshold']:.2f} "
+                         f"(gIoU {100 * table['best']['gIoU']:.2f}); wrote {args.calibrate}/calibration.json, "
+                         "calibration.png\n")
+    return 0
+
+
 def _dtype(name: str):
     import torch
 
@@ -79,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("gsva_out"))
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.set_defaults(func=_predict)
+    p = sub.add_parser("score", help="recompute metrics from a predictions.jsonl written by eval/evaluate.py")
+    p.add_argument("--predictions", required=True, type=Path)
+    p.add_argument("--scorer", default=None, help="comma-separated: rela, gsva, dmmi, lisa, rec "
+                   "(default: the dataset's scorers)")
+    p.add_argument("--dataset", default=None, help="dataset the file is from (gsva scorer: refzom adds no union "
+                   "for false negatives; picks the default scorers). Default: read from the metrics.json beside it")
+    p.add_argument("--dmmi-resize", type=int, default=None, help="DMMI scoring size (official Ref-ZOM: 480)")
+    p.add_argument("--calibrate", type=Path, default=None, metavar="DIR",
+                   help="also sweep the reject threshold and write calibration.json/.png to DIR")
+    p.add_argument("--json", action="store_true", help="also print the full results as JSON")
+    p.set_defaults(func=_score)
     return parser
 
 
@@ -91,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data.grefcoco import AnnotationError
     from .images import ImageError
     from .inference import QuestionError
+    from .scoring import PredictionError
 
     try:
         return args.func(args)
-    except (ImageError, QuestionError, CheckpointError, ConfigError, AnnotationError, FileExistsError,
-            OSError) as exc:
+    except (ImageError, QuestionError, CheckpointError, ConfigError, AnnotationError, PredictionError,
+            FileExistsError, OSError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
 

@@ -44,6 +44,9 @@ class Target:
     ``phrase`` as written in the answer; ``status`` "seg" (found, has a mask) or "rej" (not in the image); ``score``
     P([SEG]) / (P([SEG]) + P([REJ])) at the slot, in [0, 1]; ``mask`` (H, W) bool at the original image size for
     "seg", else None; ``logits`` (H, W) float32 mask logits for "seg" (kept for scoring), else None.
+    ``slot_mask`` (H, W) bool: the mask the slot's embedding decodes to — ``mask`` for "seg"; for "rej" only when
+    asked for (``decode_rejected``, used by evaluation: ReLA scores a rejected target's mask, and threshold
+    calibration needs it), else None.
     """
 
     phrase: str
@@ -51,6 +54,7 @@ class Target:
     score: float
     mask: np.ndarray | None = None
     logits: np.ndarray | None = field(default=None, repr=False)
+    slot_mask: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -155,19 +159,22 @@ class GSVAPredictor:
                             resized_hw=resized)
 
     @torch.inference_mode()
-    def answer(self, encoded: EncodedImage, history: list[Turn], question: str) -> tuple[Answer, list[Turn]]:
+    def answer(self, encoded: EncodedImage, history: list[Turn], question: str, decode_rejected: bool = False,
+               verbatim: bool = False) -> tuple[Answer, list[Turn]]:
         """Answer ``question`` after the turns ``history``; returns (answer, history with this turn appended).
 
+        ``decode_rejected``: also decode a mask for every ``[REJ]`` slot (``Target.slot_mask``). ``verbatim``: keep
+        the question's whitespace as given (evaluation with the official prompt strings) instead of normalising it.
         Oldest turns are dropped when the conversation no longer fits the context. Raises :class:`QuestionError`.
         """
-        question = validate_question(question)
+        question = validate_question(question, verbatim=verbatim)
         history = list(history)
         ids = self._prompt_ids(history, question)
         while ids is None:
             history = history[1:]
             ids = self._prompt_ids(history, question)
         gen, states, scores, is_seg = self._generate(encoded, ids)
-        answer = self._build_answer(encoded, gen, states, scores, is_seg)
+        answer = self._build_answer(encoded, gen, states, scores, is_seg, decode_rejected)
         turn = Turn(question, [Piece(ids=tuple(gen) + (self.ids.eos,), train=True)])
         return answer, history + [turn]
 
@@ -215,7 +222,8 @@ class GSVAPredictor:
             last = hidden[:, -1]
         return gen, states, scores, is_seg
 
-    def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg) -> Answer:
+    def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg, decode_rejected: bool = False
+                      ) -> Answer:
         segments, current = [], []
         for token in gen:
             if token in (self.ids.seg, self.ids.rej):
@@ -226,7 +234,7 @@ class GSVAPredictor:
         phrases = parse_slot_phrases(segments)
         masks: list[np.ndarray | None] = [None] * len(states)
         logits_out: list[np.ndarray | None] = [None] * len(states)
-        seg_idx = [i for i, s in enumerate(is_seg) if s]
+        seg_idx = [i for i, s in enumerate(is_seg) if s or decode_rejected]
         if seg_idx:
             prompts = self.model.seg_projector(torch.stack([states[i] for i in seg_idx]))  # (N, C)
             image_index = torch.zeros(len(seg_idx), dtype=torch.long, device=prompts.device)
@@ -235,18 +243,22 @@ class GSVAPredictor:
             for j, i in enumerate(seg_idx):
                 logits_out[i] = full[j].cpu().numpy()
                 masks[i] = logits_out[i] > self.mask_threshold
-        targets = [Target(phrase=p, status="seg" if s else "rej", score=float(sc), mask=m, logits=lg)
+        targets = [Target(phrase=p, status="seg" if s else "rej", score=float(sc), mask=m if s else None,
+                          logits=lg if s else None, slot_mask=m)
                    for p, s, sc, m, lg in zip(phrases, is_seg, scores, masks, logits_out)]
         text = self.tokenizer.decode(gen, skip_special_tokens=False).strip()
         return Answer(text=text, targets=targets)
 
 
-def validate_question(question) -> str:
-    """Strip and check a user question. Raises :class:`QuestionError` (empty, not text, too long)."""
+def validate_question(question, verbatim: bool = False) -> str:
+    """Normalise whitespace (unless ``verbatim``) and check a user question.
+
+    Raises :class:`QuestionError` (empty, not text, too long)."""
     if not isinstance(question, str):
         raise QuestionError(f"the question must be text, got {type(question).__name__}")
-    question = " ".join(question.split())
-    if not question:
+    if not verbatim:
+        question = " ".join(question.split())
+    if not question.strip():
         raise QuestionError("the question is empty; name what to segment, e.g. 'the red circle'")
     if len(question) > MAX_QUESTION_CHARS:
         raise QuestionError(f"the question has {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")

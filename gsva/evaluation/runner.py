@@ -1,0 +1,152 @@
+"""Run a protocol over a benchmark split and turn the outcomes into ``predictions.jsonl`` rows and metrics.
+
+Prompt modes: ``per-expression`` (default) asks one question per expression in a fresh conversation, which is how
+every GRES benchmark scores (ReLA and DMMI evaluate each (image, sentence) on its own) and keeps each answer
+independent of which other expressions an image happens to have; ``per-image`` names all of an image's expressions
+in one question, as GSVA's ``ValDataset`` does (a question too long for the model's context is split in halves until
+it fits — the official code has no limit). Metrics are always computed from the rows' RLE masks through
+:func:`gsva.scoring.score_samples`, the same path ``gsva score`` takes, so the two agree exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from ..conversation import PromptTooLongError, Turn, render_conversation, tokenize_pieces
+from ..data.masks import encode_rle
+from ..images import load_image
+from ..inference import GSVAPredictor, QuestionError
+from ..scoring import DEFAULT_SCORERS, sample_from_row, score_samples
+from .benchmarks import Benchmark, EvalExpression, EvalImage
+from .prompts import clean_expression, reasonseg_answer, reasonseg_question, refer_answer, refer_question
+from .protocols import SlotOutcome, generate_outcomes, teacher_forced_outcomes
+
+__all__ = ["PROTOCOLS", "PROMPT_MODES", "run_benchmark", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("generate", "teacher-forced")
+PROMPT_MODES = ("per-expression", "per-image")
+
+
+def _groups(image: EvalImage, prompt_mode: str, reasonseg: bool) -> list[list[EvalExpression]]:
+    if prompt_mode == "per-image" and not reasonseg:
+        return [list(image.expressions)]
+    return [[e] for e in image.expressions]
+
+
+def _conversation(group: list[EvalExpression], style: str, reasonseg: bool):
+    """(question, teacher-forced answer pieces, present flags) for one group of expressions."""
+    present = [not e.gt_empty for e in group]
+    if reasonseg:
+        return reasonseg_question(group[0].sentence, group[0].is_sentence, style), reasonseg_answer(style), present
+    exprs = [clean_expression(e.sentence) for e in group]
+    return refer_question(exprs, style), refer_answer(exprs, present, style), present
+
+
+def _split_until_fits(group, fn):
+    """Run ``fn(group)``; when the prompt is too long, run it on both halves (a single expression must fit)."""
+    try:
+        return fn(group)
+    except (PromptTooLongError, QuestionError):
+        if len(group) == 1:
+            raise
+        half = len(group) // 2
+        return _split_until_fits(group[:half], fn) + _split_until_fits(group[half:], fn)
+
+
+def _check_length(predictor: GSVAPredictor, question: str, answer) -> None:
+    """Raise PromptTooLongError when the teacher-forced conversation exceeds the model's ``max_length``."""
+    cfg = predictor.model.config
+    tokenize_pieces(render_conversation([Turn(question, answer)], cfg.use_im_start_end), predictor.tokenizer,
+                    predictor.ids, cfg.num_image_tokens, cfg.max_length)
+
+
+def _row(image: EvalImage, expr: EvalExpression, outcome: SlotOutcome, gt: np.ndarray, ignore) -> dict:
+    row = {"id": expr.id, "image_id": image.image_id, "sentence": expr.sentence, "gt_empty": expr.gt_empty,
+           "pred_reject": bool(outcome.pred_reject), "score": outcome.score, "slot": outcome.slot,
+           "answer": outcome.answer, "gt_mask": encode_rle(gt), "pred_mask": encode_rle(outcome.mask)}
+    if ignore is not None:
+        row["ignore_mask"] = encode_rle(ignore)
+    return row
+
+
+def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str = "generate",
+                  prompt_mode: str = "per-expression", prompt_style: str = "ours", batch_size: int = 1,
+                  limit: int | None = None, shard: tuple[int, int] = (0, 1),
+                  progress: Callable[[Iterator], Iterator] | None = None) -> list[dict]:
+    """Evaluate the images of ``benchmark`` (the first ``limit``; of those, every ``shard[1]``-th starting at
+    ``shard[0]``). Returns ``predictions.jsonl`` rows (dicts) in benchmark order.
+
+    ``batch_size`` conversations share one forward pass in the teacher-forced protocol; generation answers one
+    question at a time (it must be 1 there). Raises ValueError for an unknown protocol/mode or a bad batch size,
+    :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if prompt_mode not in PROMPT_MODES:
+        raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
+    if batch_size < 1 or (protocol == "generate" and batch_size != 1):
+        raise ValueError("batch size must be >= 1, and 1 for the generate protocol (greedy decoding answers one "
+                         f"question at a time); got {batch_size}")
+    rank, world = shard
+    images = benchmark.images[:limit] if limit else benchmark.images
+    images = images[rank::world]
+    reasonseg = benchmark.name == "reasonseg"
+    verbatim = prompt_style == "official"
+    rows: list[dict] = []
+    pending: list[tuple] = []  # teacher-forced conversations waiting for a batch
+
+    def flush() -> None:
+        if not pending:
+            return
+        outcomes = teacher_forced_outcomes(predictor, [(img, q, ans, present) for img, q, ans, present, _ in pending])
+        for (_, _, _, _, (image, group, gts)), outs in zip(pending, outcomes):
+            for expr, outcome, (gt, ignore) in zip(group, outs, gts):
+                rows.append(_row(image, expr, outcome, gt, ignore))
+        pending.clear()
+
+    for image in (progress(images) if progress else images):
+        array = load_image(image.path)
+        h, w = array.shape[:2]
+        gts = {expr.id: benchmark.ground_truth(image, expr, h, w) for expr in image.expressions}
+        if protocol == "generate":
+            encoded = predictor.encode_image(array)
+
+            def ask(group):
+                question, _, _ = _conversation(group, prompt_style, reasonseg)
+                outs = generate_outcomes(predictor, encoded, question,
+                                         [clean_expression(e.sentence) for e in group],
+                                         [e.gt_empty for e in group], verbatim=verbatim)
+                return [(e, o) for e, o in zip(group, outs)]
+
+            for group in _groups(image, prompt_mode, reasonseg):
+                for expr, outcome in _split_until_fits(group, ask):
+                    rows.append(_row(image, expr, outcome, *gts[expr.id]))
+        else:
+            for group in _groups(image, prompt_mode, reasonseg):
+                def check(g):
+                    question, answer, present = _conversation(g, prompt_style, reasonseg)
+                    _check_length(predictor, question, answer)
+                    return [(g, question, answer, present)]
+
+                for g, question, answer, present in _split_until_fits(group, check):
+                    pending.append((array, question, answer, present, (image, g, [gts[e.id] for e in g])))
+                    if len(pending) >= batch_size:
+                        flush()
+    flush()
+    return rows
+
+
+def summarize(rows: list[dict], dataset: str, scorers: tuple[str, ...] | None = None,
+              dmmi_resize: int | None = None) -> dict:
+    """Metrics of ``rows`` for each scorer (default: the dataset's, :data:`gsva.scoring.DEFAULT_SCORERS`) plus slot
+    counts. Decodes the rows' RLE masks, exactly as ``gsva score`` does from the file."""
+    names = scorers or DEFAULT_SCORERS[dataset]
+    metrics = score_samples((sample_from_row(r) for r in rows), names, dataset, dmmi_resize)
+    slots = {k: sum(1 for r in rows if r.get("slot") == k) for k in ("ok", "missing", "extra")}
+    return {"scorers": metrics, "slots": slots, "num_expressions": len(rows),
+            "num_images": len({r["image_id"] for r in rows})}

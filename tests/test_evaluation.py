@@ -1,0 +1,153 @@
+"""Evaluation end to end on the shipped tiny default: both protocols, prompt modes/styles, every dataset layout,
+``gsva score`` reproducing the printed numbers, batching and two-process sharding."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gsva.cli import main as gsva_main
+from gsva.evaluation import open_benchmark, run_benchmark
+from gsva.evaluation.protocols import match_slots
+from gsva.inference import Answer, GSVAPredictor, Target
+from tests import refer_fixtures as fx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "eval"))
+import evaluate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return GSVAPredictor.from_pretrained(None)
+
+
+def _evaluate(capsys, *args):
+    assert evaluate.main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def _table(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line[:6].strip().rstrip(":") in ("rela", "gsva", "dmmi", "lisa",
+                                                                                     "rec")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["generate", "teacher-forced"])
+def test_grefcoco_both_protocols_and_gsva_score_reproduces(tmp_path, capsys, synth_root, protocol):
+    out = tmp_path / "run"
+    printed = _evaluate(capsys, "--dataset", "grefcoco", "--data-root", synth_root, "--split", "val", "--out", out,
+                        "--protocol", protocol, "--limit", "3")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == protocol and metrics["dataset"] == "grefcoco"
+    assert set(metrics["scorers"]) == {"rela", "gsva", "rec"} and metrics["prompt_mode"] == "per-expression"
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["num_expressions"] == metrics["scorers"]["rela"]["num_expressions"] > 0
+    assert {"id", "image_id", "sentence", "gt_empty", "pred_reject", "score", "gt_mask", "pred_mask"} <= set(rows[0])
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows if r["score"] is not None)
+    assert (out / "calibration.json").exists() and (out / "calibration.png").stat().st_size > 0
+    assert gsva_main(["score", "--predictions", str(out / "predictions.jsonl")]) == 0
+    rescored = capsys.readouterr().out
+    assert _table(printed) and _table(rescored) == _table(printed)
+
+
+@pytest.mark.slow
+def test_one_command_both_protocols(tmp_path, capsys, synth_root):
+    printed = _evaluate(capsys, "--dataset", "grefcoco", "--data-root", synth_root, "--split", "val", "--out",
+                        tmp_path, "--protocol", "both", "--limit", "1", "--batch-size", "4")
+    assert printed.count("rela: gIoU") == 2
+    for protocol in ("generate", "teacher-forced"):
+        assert json.loads((tmp_path / protocol / "metrics.json").read_text())["protocol"] == protocol
+
+
+def test_bad_annotation_is_one_error_line(tmp_path):
+    (tmp_path / "grefcoco").mkdir()
+    (tmp_path / "grefcoco" / "grefs(unc).json").write_text("[{]")
+    proc = subprocess.run([sys.executable, str(REPO / "eval/evaluate.py"), "--dataset", "grefcoco", "--data-root",
+                           str(tmp_path), "--split", "val", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "grefs(unc).json: cannot read JSON" in proc.stderr
+
+
+@pytest.mark.slow
+def test_teacher_forced_batches_agree_with_single(predictor, synth_root):
+    bench = open_benchmark("grefcoco", synth_root, "val")
+    one = run_benchmark(bench, predictor, "teacher-forced", batch_size=1, limit=2)
+    many = run_benchmark(bench, predictor, "teacher-forced", batch_size=5, limit=2)
+    assert [r["id"] for r in one] == [r["id"] for r in many]
+    assert [r["pred_reject"] for r in one] == [r["pred_reject"] for r in many]
+    assert np.allclose([r["score"] for r in one], [r["score"] for r in many], atol=1e-4)
+    from gsva.scoring import sample_from_row
+
+    for a, b in zip(one, many):
+        pa, pb = sample_from_row(a).pred, sample_from_row(b).pred
+        assert (pa != pb).mean() < 0.01
+
+
+@pytest.mark.slow
+def test_per_image_prompts_and_official_strings(predictor, synth_root):
+    bench = open_benchmark("grefcoco", synth_root, "val")
+    n = sum(len(i.expressions) for i in bench.images[:2])
+    for protocol in ("generate", "teacher-forced"):
+        rows = run_benchmark(bench, predictor, protocol, prompt_mode="per-image", prompt_style="official", limit=2)
+        assert len(rows) == n and len({r["id"] for r in rows}) == n
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["refzom", "reasonseg", "refcoco"])
+def test_other_layouts_end_to_end(tmp_path, capsys, dataset):
+    {"refzom": fx.write_refzom, "reasonseg": fx.write_reasonseg, "refcoco": fx.write_refcoco}[dataset](tmp_path)
+    split = {"refzom": "test", "reasonseg": "val", "refcoco": "testA"}[dataset]
+    out = tmp_path / "run"
+    printed = _evaluate(capsys, "--dataset", dataset, "--data-root", tmp_path, "--split", split, "--out", out,
+                        "--protocol", "teacher-forced", "--batch-size", "2")
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = {"refzom": {"dmmi", "gsva", "rela"}, "reasonseg": {"lisa"}, "refcoco": {"lisa", "rec"}}[dataset]
+    assert set(metrics["scorers"]) == expected
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    if dataset == "reasonseg":
+        assert all("ignore_mask" in r for r in rows)
+    if dataset == "refzom":
+        assert [r["gt_empty"] for r in rows] == [False, True]
+    assert gsva_main(["score", "--predictions", str(out / "predictions.jsonl")]) == 0
+    assert _table(capsys.readouterr().out) == _table(printed)
+
+
+def test_slot_matching_by_phrase_then_order():
+    def t(phrase, status="seg"):
+        return Target(phrase=phrase, status=status, score=0.9)
+
+    answer = Answer("", [t("the cup"), t("something"), t("the dog", "rej")])
+    assert match_slots(answer, ["the dog", "the cup", "the cat"]) == ([2, 0, 1], 0)
+    assert match_slots(answer, ["the dog"]) == ([2], 2)
+    assert match_slots(Answer("", []), ["a", "b"]) == ([None, None], 0)
+
+
+def test_bad_arguments(predictor, synth_root):
+    bench = open_benchmark("grefcoco", synth_root, "val")
+    with pytest.raises(ValueError, match="1 for the generate protocol"):
+        run_benchmark(bench, predictor, "generate", batch_size=4)
+    with pytest.raises(ValueError, match="protocol must be"):
+        run_benchmark(bench, predictor, "oracle")
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path, synth_root):
+    common = ["--dataset", "grefcoco", "--data-root", str(synth_root), "--split", "val", "--limit", "3",
+              "--protocol", "teacher-forced"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, str(REPO / "eval/evaluate.py"), *common, "--out", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                    str(REPO / "eval/evaluate.py"), *common, "--out", str(tmp_path / "two")],
+                   check=True, env=env, capture_output=True, timeout=600)
+    one = (tmp_path / "one/predictions.jsonl").read_text()
+    two = (tmp_path / "two/predictions.jsonl").read_text()
+    assert one == two
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m1["scorers"] == m2["scorers"] and m2["world_size"] == 2
