@@ -33,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 from gsva.evaluation import DATASETS, PROMPT_MODES, PROMPT_STYLES, PROTOCOLS, open_benchmark, run_benchmark, summarize  # noqa: E402,E501
 from gsva.evaluation.report import format_table, write_calibration, write_predictions  # noqa: E402
 from gsva.inference import GSVAPredictor, default_model_dir  # noqa: E402
-from gsva.scoring import DEFAULT_SCORERS, SCORERS  # noqa: E402
+from gsva.scoring import DEFAULT_SCORERS, SCORERS, sample_from_row  # noqa: E402
 
 
 def _distributed() -> tuple[int, int]:
@@ -43,7 +43,11 @@ def _distributed() -> tuple[int, int]:
         return 0, 1
     import torch.distributed as dist
 
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():  # one GPU per process (NCCL collectives need each rank on its own device)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="'official' reproduces GSVA's validation strings exactly")
     parser.add_argument("--batch-size", type=int, default=1, help="conversations per forward (teacher-forced; "
                         "generation answers one question at a time)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (N >= 1)")
     parser.add_argument("--scorers", default=None, help=f"comma-separated from {', '.join(SCORERS)} "
                         "(default: the dataset's)")
     parser.add_argument("--dmmi-resize", type=int, default=None, help="DMMI scoring size (official Ref-ZOM: 480)")
@@ -97,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
     scorers = tuple(args.scorers.split(",")) if args.scorers else DEFAULT_SCORERS[args.dataset]
     unknown = [s for s in scorers if s not in SCORERS]
     if unknown:
         parser.error(f"unknown scorer(s) {', '.join(unknown)}; known: {', '.join(SCORERS)}")
     rank, world = _distributed()
-    device = args.device if world == 1 or args.device == "cpu" else f"cuda:{rank % torch.cuda.device_count()}"
+    device = args.device if world == 1 or args.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     benchmark = open_benchmark(args.dataset, args.data_root, args.split, args.image_root, args.refs_file)
     predictor = GSVAPredictor.from_pretrained(args.model, device=device, dtype=dtype)
@@ -135,7 +141,7 @@ def _run_one(args, benchmark, predictor, protocol: str, scorers: tuple[str, ...]
                     "expressions_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None})
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(rows, out / "predictions.jsonl")
-    table = write_calibration(rows, out, f"{args.dataset} {args.split}, {protocol}")
+    table = write_calibration((sample_from_row(r) for r in rows), out, f"{args.dataset} {args.split}, {protocol}")
     metrics["calibration"] = {"best_threshold": table["best"]["threshold"], "best_gIoU": table["best"]["gIoU"]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{args.dataset}/{args.split}, protocol {protocol}, {args.prompt_mode} prompts ({args.prompt_style}) "

@@ -75,14 +75,15 @@ def _score(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in SCORERS]
     if unknown:
         raise ValueError(f"unknown scorer(s) {', '.join(unknown)}; known: {', '.join(SCORERS)}")
-    pairs = list(read_predictions(args.predictions))
-    result = score_samples((sample for _, sample in pairs), names, dataset, dmmi_resize)
+    samples = (sample for _, sample in read_predictions(args.predictions))  # streamed: masks are decoded one by one
+    result = score_samples(samples, names, dataset, dmmi_resize)
     sys.stdout.write(format_table(result) + "\n")
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     if args.calibrate is not None:
         args.calibrate.mkdir(parents=True, exist_ok=True)
-        table = write_calibration([row for row, _ in pairs], args.calibrate, str(args.predictions))
+        table = write_calibration((sample for _, sample in read_predictions(args.predictions)), args.calibrate,
+                                  str(args.predictions))
         sys.stdout.write(f"reject threshold maximising gIoU (rela): {table['best']['threshold']:.2f} "
                          f"(gIoU {100 * table['best']['gIoU']:.2f}); wrote {args.calibrate}/calibration.json, "
                          "calibration.png\n")

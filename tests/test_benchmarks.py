@@ -48,7 +48,7 @@ def test_grefcoco_reads_the_pickle_when_present(tmp_path):
 @pytest.mark.parametrize("dataset", ["refcoco", "refcoco+", "refcocog"])
 def test_refcoco_family_pickles(tmp_path, dataset):
     fx.write_refcoco(tmp_path, dataset)
-    bench = open_benchmark(dataset, tmp_path, "testA" if dataset != "refcocog" else "testA")
+    bench = open_benchmark(dataset, tmp_path, "testA")
     sentences = [(e.id, e.sentence, e.gt_empty) for i in bench.images for e in i.expressions]
     assert sentences == [(20, "dog on the left", False), (21, "small dog", False), (22, "caf\u00e9 dog", False)]
     img = bench.images[1]

@@ -151,3 +151,58 @@ def test_two_processes_equal_one(tmp_path, synth_root):
     assert one == two
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert m1["scorers"] == m2["scorers"] and m2["world_size"] == 2
+
+
+def test_teacher_forced_matches_the_training_forward(micro_model, tokenizer):
+    """Decisions, scores and re-evaluated masks against an independent path: GSVAModel.forward on the same ids."""
+    import torch
+
+    from gsva.conversation import Turn, render_conversation
+    from gsva.data.collate import collate, encode_sample
+    from gsva.evaluation.prompts import refer_answer, refer_question
+    from gsva.evaluation.protocols import teacher_forced_outcomes
+
+    predictor = GSVAPredictor(micro_model, tokenizer)
+    ids, cfg = predictor.ids, micro_model.config
+    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    convs = []
+    for exprs, present in ((["the red circle", "the blue star"], [True, False]), (["the green square"], [False])):
+        convs.append((image, refer_question(exprs), refer_answer(exprs, present), present))
+    outcomes = teacher_forced_outcomes(predictor, convs)
+    mixed = []
+    for (img, q, answer, present), outs in zip(convs, outcomes):
+        sample = encode_sample(img, render_conversation([Turn(q, answer)], cfg.use_im_start_end), None, tokenizer,
+                               ids, cfg)
+        with torch.no_grad():
+            first = micro_model(collate([sample], ids.pad))
+            logits = first.lm_logits[0, first.slots.predict_position].float()
+            reeval = sample.input_ids.masked_fill(sample.input_ids == ids.rej, ids.seg)
+            sample.input_ids = reeval
+            second = micro_model(collate([sample], ids.pad))
+        assert len(outs) == len(present) == len(first.slots)
+        for j, (out, here) in enumerate(zip(outs, present)):
+            top = int(logits[j].argmax())
+            assert out.pred_reject == ((top != ids.seg) if here else (top == ids.rej))
+            p = torch.softmax(logits[j], -1)
+            assert out.score == pytest.approx(float(p[ids.seg] / (p[ids.seg] + p[ids.rej])), abs=1e-5)
+            expected = (second.mask_logits[0][j] > 0).numpy()
+            assert out.mask.shape == (24, 32) and (out.mask != expected).mean() < 0.002
+            mixed.append(0 < expected.mean() < 1)
+    assert any(mixed)  # the comparison is not between two all-empty (or all-full) masks
+
+
+def test_official_prompt_strings_verbatim():
+    from gsva.evaluation.prompts import (clean_expression, reasonseg_answer, reasonseg_question, refer_answer,
+                                         refer_question)
+
+    refs = [clean_expression("Man in red."), clean_expression("the dog")]
+    assert refs == ["man in red", "the dog"]
+    assert refer_question(refs, "official") == " What are man in red, the dogin this image? Please output segmentation masks."
+    text = "".join(p.text or p.control for p in refer_answer(refs, [True, False], "official"))
+    assert text == " Sure,man in red:[SEG], the dog:[REJ].<eos>"
+    assert refer_question(refs) == "Can you segment man in red, the dog in this image?"
+    ours = "".join(p.text or p.control for p in refer_answer(refs, [True, False]))
+    assert ours == " Sure, the mask of man in red is [SEG], the mask of the dog is [REJ].<eos>"
+    assert reasonseg_question("Why?", True, "official") == " Why? Please output segmentation mask."
+    assert reasonseg_question("the cup", False) == "What is the cup in this image? Please output segmentation mask."
+    assert "".join(p.text or p.control for p in reasonseg_answer("official")) == " [SEG]<eos>"

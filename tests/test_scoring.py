@@ -98,11 +98,12 @@ def test_lisa_by_hand_with_both_empty_and_ignore():
     cases = [
         _s(EMPTY, EMPTY, False, False),                     # both empty: I 0, U 0 -> IoU term 1
         _s(GT, PRED_2_OF_4, False, False, ignore=ignore),   # ignore removes (0,3) and (1,4): I 1, U 3
-        _s(GT, GT, False, True),                            # rejected -> empty prediction: I 0, U 4
+        _s(GT, PRED_2_OF_4, False, True),                   # a rejected slot's mask still counts: I 2, U 5
+        _s(GT, EMPTY, False, True),                         # no slot (empty mask): I 0, U 4
     ]
     r = _run("lisa", cases)
-    assert r["gIoU"] == pytest.approx((0 / (0 + 1e-5) + 1 + 1 / (3 + 1e-5) + 0) / (3 + 1e-5))
-    assert r["cIoU"] == pytest.approx(1 / (7 + 1e-10))
+    assert r["gIoU"] == pytest.approx((0 / (0 + 1e-5) + 1 + 1 / (3 + 1e-5) + 2 / (5 + 1e-5) + 0) / (4 + 1e-5))
+    assert r["cIoU"] == pytest.approx(3 / (12 + 1e-10))
 
 
 def test_rec_boxes_from_masks():
@@ -142,9 +143,28 @@ def test_calibration_sweeps_the_threshold():
     t = dict(zip(table["thresholds"], table["T-acc"]))
     assert n[0.5] == 0.0 and n[0.7] == 1.0 and t[0.0] == pytest.approx(2 / 3) and t[1.0] == 0.0
     assert table["best"]["threshold"] == 0.7 and table["best"]["gIoU"] == pytest.approx(2.4 / 5)
-    # at t = 0.5 the sweep equals the rela scorer on the recorded decisions
+    # here every recorded decision follows its score, so t = 0.5 equals the rela scorer and the recorded entry
     rela = _run("rela", cases)
     assert g[0.5] == pytest.approx(rela["gIoU"]) and c[0.5] == pytest.approx(rela["cIoU"])
+    assert table["recorded"]["gIoU"] == pytest.approx(rela["gIoU"])
+    assert table["recorded"]["N-acc"] == rela["N-acc"] and table["recorded"]["T-acc"] == rela["T-acc"]
+
+
+def test_calibration_recorded_decisions_and_edge_cases():
+    # teacher forcing: a third token won the argmax, so the slot counts as rejected although its score is 0.8
+    third_token = [_s(GT, GT, False, True, score=0.8), _s(EMPTY, EMPTY, True, True, score=0.1)]
+    table = calibrate(third_token, thresholds=(1.0, 0.5, 0.0))
+    assert table["thresholds"] == [0.0, 0.5, 1.0]
+    assert table["recorded"]["gIoU"] == pytest.approx(_run("rela", third_token)["gIoU"]) == pytest.approx(0.5)
+    assert dict(zip(table["thresholds"], table["gIoU"]))[0.5] == pytest.approx(1.0)
+    only_targets = calibrate([_s(GT, GT, False, False, score=0.9)], thresholds=(0.5,))
+    assert only_targets["N-acc"] == [None] and only_targets["T-acc"] == [None]  # as rela reports
+    with pytest.raises(ValueError, match="thresholds"):
+        calibrate(third_token, thresholds=())
+    with pytest.raises(ValueError, match="thresholds"):
+        calibrate(third_token, thresholds=(1.5,))
+    with pytest.raises(ValueError, match="no predictions"):
+        calibrate([])
 
 
 def _row(i, gt, pred, gt_empty=False, reject=False, score=0.9, **extra):

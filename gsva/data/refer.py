@@ -42,11 +42,12 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Expression:
-    """One referring sentence. ``no_target`` is True iff the ref refers to nothing (gRefCOCO ``ann_id == [-1]``,
-    Ref-ZOM ``ann_id == []``); ``ann_ids`` are its non-crowd instances (empty for a no-target expression)."""
+    """One referring sentence. ``sent_id`` as annotated (``"<ref_id>:<k>"`` for a sentence without one);
+    ``no_target`` is True iff the ref refers to nothing (gRefCOCO ``ann_id == [-1]``, Ref-ZOM ``ann_id == []``);
+    ``ann_ids`` are its non-crowd instances (empty for a no-target expression)."""
 
     ref_id: int
-    sent_id: int
+    sent_id: int | str
     sentence: str
     ann_ids: tuple[int, ...]
     no_target: bool = False
@@ -187,9 +188,10 @@ class ReferDataset:
             ann_ids = tuple(a for a in raw if a != -1 and not self.anns[a].get("iscrowd", 0))
             for j, s in enumerate(ref["sentences"]):
                 text = str(s["sent"]).strip()
+                sent_id = s["sent_id"] if "sent_id" in s else f"{ref['ref_id']}:{j}"  # unique without sent_id too
                 if text:
                     by_image.setdefault(int(ref["image_id"]), []).append(
-                        Expression(int(ref["ref_id"]), int(s.get("sent_id", j)), text, ann_ids, no_target))
+                        Expression(int(ref["ref_id"]), sent_id, text, ann_ids, no_target))
         out = []
         for image_id in sorted(by_image):
             img = self.images[image_id]

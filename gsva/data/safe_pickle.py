@@ -1,10 +1,11 @@
 """Read the RefCOCO-family annotation pickles (``refs(unc).p``, ``Ref_ZOM.p``, ...) without executing code.
 
 ``pickle.load`` on a downloaded file can run arbitrary code (any importable callable can be named in the stream).
-These files hold only lists, dicts, strings and numbers, which the pickle format encodes with opcodes that need no
-import, so :class:`PlainDataUnpickler` refuses every global lookup: a file that names any class or function is
-rejected before anything is called. Python 2 byte strings (the files were written by Python 2) are decoded as
-UTF-8.
+These files hold only lists, dicts, tuples, strings, numbers, booleans and None, which the pickle format encodes with
+opcodes that need no import, so :class:`PlainDataUnpickler` refuses every global lookup: a file that names any class
+or function is rejected before anything is called (so are sets and Python-3 ``bytes`` in protocols below 4, which
+need a global; the official refs files contain neither). Python 2 byte strings (the files were written by Python 2)
+are decoded as UTF-8.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 
 class PlainDataUnpickler(pickle.Unpickler):
-    """An unpickler that admits only plain containers and scalars (list, dict, tuple, set, str, bytes, int, float,
-    bool, None): :meth:`find_class` always raises :class:`UnsafePickleError`."""
+    """An unpickler that admits only plain containers and scalars (list, dict, tuple, str, int, float, bool, None):
+    :meth:`find_class` always raises :class:`UnsafePickleError`."""
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
         raise UnsafePickleError(f"refusing to load {module}.{name}: only plain data (lists, dicts, strings, "
@@ -45,5 +46,5 @@ def load_plain_pickle(path: str | Path):
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError,
-            AttributeError, MemoryError) as exc:
+            AttributeError, MemoryError, RecursionError) as exc:
         raise UnsafePickleError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None

@@ -1,8 +1,8 @@
 """Questions and teacher-forced answers for evaluation, in two styles.
 
 ``ours`` (default): the first official *training* question template, "Can you segment {X} in this image?", and for
-teacher forcing the training answer style "Sure, {x}:[SEG], {y}:[REJ]." — what the model was trained to read and
-write. ReasonSeg uses LISA's validation questions without the leading space.
+teacher forcing the third training answer style, "Sure, the mask of {x} is [SEG], the mask of {y} is [REJ]." —
+what the model was trained to read and write. ReasonSeg uses LISA's validation questions without the leading space.
 
 ``official``: GSVA's *validation* strings reproduced exactly, quirks included (official-gsva.md §3,
 ``data/dataset.py`` ``ValDataset``): user ``" What are " + ", ".join(refs) + "in this image? Please output

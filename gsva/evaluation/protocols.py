@@ -35,9 +35,9 @@ class SlotOutcome:
     """The model's answer for one expression.
 
     ``pred_reject`` the slot said ``[REJ]`` (or no slot); ``score`` P([SEG]) / (P([SEG]) + P([REJ])) at the slot
-    (None without a slot); ``mask`` (H, W) bool, the slot's decoded mask (all False without a slot); ``slot`` "ok",
-    "missing" (no slot answered this expression) or "extra" (the answer had slots no expression claimed);
-    ``answer`` the answer text.
+    (None without a slot); ``mask`` (H, W) bool, the slot's decoded mask (all False without a slot); ``slot`` "ok"
+    or "missing" (no slot answered this expression); ``answer`` the answer text; ``extra_slots`` the number of the
+    answer's slots no asked expression claimed, counted once per answer (on its first expression).
     """
 
     pred_reject: bool
@@ -45,6 +45,7 @@ class SlotOutcome:
     mask: np.ndarray
     slot: str
     answer: str
+    extra_slots: int = 0
 
 
 def match_slots(answer: Answer, expressions: list[str]) -> tuple[list[int | None], int]:
@@ -80,7 +81,8 @@ def generate_outcomes(predictor: GSVAPredictor, encoded: EncodedImage, question:
             continue
         t = answer.targets[k]
         mask = t.slot_mask if t.slot_mask is not None else np.zeros(shape, bool)
-        out.append(SlotOutcome(t.status == "rej", t.score, mask, "extra" if extra else "ok", answer.text))
+        out.append(SlotOutcome(t.status == "rej", t.score, mask, "ok", answer.text))
+    out[0].extra_slots = extra
     return out
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
-from ..scoring import sample_from_row
+from ..scoring import ScoredSample
 from ..scoring.calibration import calibrate, plot_calibration
 
 __all__ = ["format_table", "write_predictions", "write_calibration"]
@@ -33,10 +34,10 @@ def write_predictions(rows: list[dict], path: Path) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def write_calibration(rows: list[dict], out_dir: Path, title: str = "") -> dict:
+def write_calibration(samples: Iterable[ScoredSample], out_dir: Path, title: str = "") -> dict:
     """Sweep the reject threshold (:func:`gsva.scoring.calibration.calibrate`) and write ``calibration.json`` and
     ``calibration.png`` (the plot is skipped, with a warning, when matplotlib is not installed). Returns the table."""
-    table = calibrate(sample_from_row(r) for r in rows)
+    table = calibrate(samples)
     (out_dir / "calibration.json").write_text(json.dumps(table, indent=1) + "\n")
     try:
         plot_calibration(table, out_dir / "calibration.png", title)

@@ -68,7 +68,7 @@ def _check_length(predictor: GSVAPredictor, question: str, answer) -> None:
 def _row(image: EvalImage, expr: EvalExpression, outcome: SlotOutcome, gt: np.ndarray, ignore) -> dict:
     row = {"id": expr.id, "image_id": image.image_id, "sentence": expr.sentence, "gt_empty": expr.gt_empty,
            "pred_reject": bool(outcome.pred_reject), "score": outcome.score, "slot": outcome.slot,
-           "answer": outcome.answer, "gt_mask": encode_rle(gt), "pred_mask": encode_rle(outcome.mask)}
+           "extra_slots": outcome.extra_slots, "answer": outcome.answer, "gt_mask": encode_rle(gt), "pred_mask": encode_rle(outcome.mask)}
     if ignore is not None:
         row["ignore_mask"] = encode_rle(ignore)
     return row
@@ -147,6 +147,7 @@ def summarize(rows: list[dict], dataset: str, scorers: tuple[str, ...] | None = 
     counts. Decodes the rows' RLE masks, exactly as ``gsva score`` does from the file."""
     names = scorers or DEFAULT_SCORERS[dataset]
     metrics = score_samples((sample_from_row(r) for r in rows), names, dataset, dmmi_resize)
-    slots = {k: sum(1 for r in rows if r.get("slot") == k) for k in ("ok", "missing", "extra")}
+    slots = {k: sum(1 for r in rows if r.get("slot") == k) for k in ("ok", "missing")}
+    slots["extra"] = sum(int(r.get("extra_slots", 0)) for r in rows)
     return {"scorers": metrics, "slots": slots, "num_expressions": len(rows),
             "num_images": len({r["image_id"] for r in rows})}

@@ -1,9 +1,12 @@
 """Rejection calibration: sweep the [SEG]/[REJ] decision threshold over the per-slot scores.
 
-A slot with score s = P([SEG]) / (P([SEG]) + P([REJ])) is rejected at threshold t when s < t (argmax decoding is
-t = 0.5 up to ties). Expressions without a score (no slot in the answer) keep their recorded decision. At each t
-the ReLA definitions (:mod:`gsva.scoring.rela`) give gIoU, cIoU, N-acc and T-acc; a slot's mask is the one its
-embedding decodes to, so a newly accepted slot contributes its real mask.
+A slot with score s = P([SEG]) / (P([SEG]) + P([REJ])) is rejected at threshold t when s < t. Expressions without
+a score (no slot in the answer) keep their recorded decision. At each t the ReLA definitions
+(:mod:`gsva.scoring.rela`) give gIoU, cIoU, N-acc and T-acc; a slot's mask is the one its embedding decodes to, so
+a newly accepted slot contributes its real mask. The table's ``recorded`` entry scores the decisions as recorded
+(what ``metrics.json`` reports under ``rela``). t = 0.5 equals them except where the argmax at a slot was a third
+token (possible under teacher forcing, where the slot's token is given; GSVA counts it as the wrong class) or a
+probability tie.
 """
 
 from __future__ import annotations
@@ -20,14 +23,30 @@ __all__ = ["calibrate", "plot_calibration", "DEFAULT_THRESHOLDS"]
 DEFAULT_THRESHOLDS = tuple(round(i / 100, 2) for i in range(101))
 
 
+def _metrics(reject, empty, inter, union, pred_area) -> dict:
+    """ReLA gIoU, cIoU, N-acc, T-acc of one set of decisions (arrays over expressions)."""
+    target_iou = np.where(reject, 0.0, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0))
+    iou = np.where(empty, reject.astype(np.float64), target_iou)
+    total_i = np.where(empty | reject, 0.0, inter).sum()
+    total_u = np.where(empty, np.where(reject, 0.0, pred_area), union).sum()
+    has_empty = bool(empty.any())
+    return {"gIoU": float(iou.mean()), "cIoU": float(total_i / total_u) if total_u else 0.0,
+            "N-acc": float(reject[empty].mean()) if has_empty else None,
+            "T-acc": (float((~reject[~empty]).mean()) if (~empty).any() else 0.0) if has_empty else None}
+
+
 def calibrate(samples: Iterable[ScoredSample], thresholds: Iterable[float] = DEFAULT_THRESHOLDS) -> dict:
     """ReLA metrics against the reject threshold.
 
     Returns ``{"thresholds": [...], "gIoU": [...], "cIoU": [...], "N-acc": [...], "T-acc": [...],
-    "best": {"threshold", "gIoU", "cIoU", "N-acc", "T-acc"}, "argmax_threshold": 0.5}``; N-acc / T-acc entries are
-    None when the samples have no no-target / target expression. ``best`` maximises gIoU (the smallest such
-    threshold on ties). Raises ValueError when there are no samples.
+    "best": {"threshold", "gIoU", "cIoU", "N-acc", "T-acc"}, "recorded": {...}}`` with thresholds ascending; N-acc
+    and T-acc are None when the samples have no no-target expression (as ReLA reports). ``best`` maximises gIoU (the
+    smallest such threshold on ties). Raises ValueError when there are no samples or no thresholds, or a threshold
+    is outside [0, 1].
     """
+    thresholds = sorted(float(t) for t in thresholds)
+    if not thresholds or thresholds[0] < 0 or thresholds[-1] > 1:
+        raise ValueError(f"thresholds must be a non-empty list of values in [0, 1], got {thresholds}")
     empty, score, fixed, inter, union, pred_area = [], [], [], [], [], []
     for s in samples:
         empty.append(s.gt_empty)
@@ -44,19 +63,13 @@ def calibrate(samples: Iterable[ScoredSample], thresholds: Iterable[float] = DEF
     table: dict = {"thresholds": [], "gIoU": [], "cIoU": [], "N-acc": [], "T-acc": []}
     for t in thresholds:
         reject = np.where(has_score, np.nan_to_num(score, nan=1.0) < t, fixed)
-        target_iou = np.where(reject, 0.0, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0))
-        iou = np.where(empty, reject.astype(np.float64), target_iou)
-        total_i = np.where(empty | reject, 0.0, inter).sum()
-        total_u = np.where(empty, np.where(reject, 0.0, pred_area), union).sum()
-        table["thresholds"].append(float(t))
-        table["gIoU"].append(float(iou.mean()))
-        table["cIoU"].append(float(total_i / total_u) if total_u else 0.0)
-        table["N-acc"].append(float(reject[empty].mean()) if empty.any() else None)
-        table["T-acc"].append(float((~reject[~empty]).mean()) if (~empty).any() else None)
+        table["thresholds"].append(t)
+        for key, value in _metrics(reject, empty, inter, union, pred_area).items():
+            table[key].append(value)
     k = int(np.argmax(table["gIoU"]))
     table["best"] = {key: table[key][k] for key in ("gIoU", "cIoU", "N-acc", "T-acc")}
     table["best"]["threshold"] = table["thresholds"][k]
-    table["argmax_threshold"] = 0.5
+    table["recorded"] = _metrics(fixed, empty, inter, union, pred_area)
     return table
 
 

@@ -9,7 +9,8 @@ Per slot (the masks of *every* slot come from the re-evaluation pass, rejected o
   and I, U enter cIoU (a wrongly rejected target is not zeroed, unlike ReLA).
 
 gIoU = ΣIoU / (count + 1e-5) (``AverageMeter.all_reduce``), cIoU = ΣI / (ΣU + 1e-10), N-acc = TP / (TP + FN),
-T-acc = TN / (TN + FP). (The official meters sum in float32 on the GPU; we sum in float64.)
+T-acc = TN / (TN + FP). (The official meters sum in float32 on the GPU; we sum in float64. Its masks are
+``logits >= 0``; our predictor, like LISA, uses ``logits > 0`` — they differ only at logits of exactly 0.)
 """
 
 from __future__ import annotations

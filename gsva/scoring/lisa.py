@@ -1,10 +1,14 @@
 """ReasonSeg / RefCOCO metrics: LISA's ``train_ds.py`` ``validate()`` (GSVA ``solver.py`` ``validate``;
 metrics-data-peers.md §3).
 
-The prediction is the slot's mask, or an empty mask when the slot is rejected or missing. Pixels in the ignore
-region are removed from both prediction and GT (``intersectionAndUnionGPU(..., ignore_index=255)``). Per mask
-IoU = I / (U + 1e-5), plus 1 when U is 0 (both empty count as a hit); gIoU = ΣIoU / (count + 1e-5); cIoU =
-ΣI / (ΣU + 1e-10).
+LISA's ``validate`` has no rejection: it always scores the mask decoded at the slot. So does this scorer — the
+slot's mask counts whatever the ``[SEG]``/``[REJ]`` decision was (a missing slot has an empty mask); it measures
+segmentation only. Pixels in the ignore region are removed from both prediction and GT
+(``intersectionAndUnionGPU(..., ignore_index=255)``). Per mask IoU = I / (U + 1e-5), plus 1 when U is 0 (both empty
+count as a hit); gIoU = ΣIoU / (count + 1e-5); cIoU = ΣI / (ΣU + 1e-10).
+
+GSVA's own ReasonSeg validation turns the ignore regions into *foreground* (``masks.bool()``, official-gsva.md §4);
+this scorer follows LISA, which excludes them, so GSVA's ReasonSeg figures are not reproduced bit for bit.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ class LISAScorer(Scorer):
         self.union = 0
 
     def add(self, sample: ScoredSample) -> None:
-        pred = np.zeros_like(sample.gt) if sample.pred_reject else sample.pred
-        gt = sample.gt
+        pred, gt = sample.pred, sample.gt
         if sample.ignore is not None:
             keep = ~sample.ignore
             pred, gt = pred & keep, gt & keep
