@@ -3,7 +3,8 @@
 This is how the paper configurations start training (LLaVA-Vicuna + SAM ViT-H). Nothing is downloaded: both paths
 must exist locally. The LLaVA directory must be in transformers' ``LlavaForConditionalGeneration`` format (the
 original haotian-liu LLaVA-v1 layout needs converting first). The SAM file is a released ``sam_vit_*.pth`` state
-dict, read with ``torch.load(weights_only=True)`` and loaded strictly.
+dict (or a fine-tuned/custom-size one in the same layout), read with ``torch.load(weights_only=True)``; its
+hyper-parameters come from its tensor shapes (:mod:`gsva.convert.sam`) and it is loaded strictly.
 """
 
 from __future__ import annotations
@@ -25,14 +26,19 @@ logger = logging.getLogger(__name__)
 
 
 def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpoint: str | Path,
-                          dtype: torch.dtype = torch.float32) -> tuple[GSVAModel, object]:
+                          dtype: torch.dtype = torch.float32, sam_variant: str | None = None
+                          ) -> tuple[GSVAModel, object]:
     """Return ``(model, tokenizer)``: LLaVA and SAM weights loaded, control tokens added, embeddings resized.
 
+    ``config.sam`` is replaced by the SAM hyper-parameters read from the checkpoint's shapes; ``sam_variant``
+    ("vit_h"/"vit_l"/"vit_b", default: implied by an official file name) must agree with them.
     New embedding rows get transformers' default initialisation (as the official ``resize_token_embeddings``).
     The [SEG] projector is freshly initialised. Raises :class:`gsva.checkpoint.CheckpointError` if a path is missing
-    or a checkpoint does not match ``config`` (architecture numbers, SAM keys or shapes).
+    or a checkpoint does not match ``config`` (architecture numbers, SAM keys or shapes, the named SAM variant).
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from .convert.sam import load_sam
 
     llava_dir, sam_checkpoint = Path(llava_dir), Path(sam_checkpoint)
     for path in (llava_dir, sam_checkpoint):
@@ -44,6 +50,8 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{llava_dir}: cannot load an HF-format LLaVA ({exc})") from None
     _check_llava(config, llava, llava_dir)
+    sam_config, state = load_sam(sam_checkpoint, sam_variant, base=config.sam)
+    config = dataclasses.replace(config, sam=sam_config)
     ids = add_control_tokens(tokenizer)
     llava.resize_token_embeddings(len(tokenizer))
     llava.config.image_token_id = ids.image
@@ -55,12 +63,6 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
         from .trainable import apply_lora
 
         apply_lora(model, config.lora)
-    try:
-        state = torch.load(sam_checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise CheckpointError(f"{sam_checkpoint}: cannot read the SAM checkpoint ({exc})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{sam_checkpoint}: expected a state dict, got {type(state).__name__}")
     check_state_dict(model.sam, state, sam_checkpoint)
     model.sam.load_state_dict(state, strict=True)
     return model.to(dtype), tokenizer

@@ -44,3 +44,53 @@ def test_mismatched_parts_are_clear_errors(micro_model, tokenizer, tmp_path):
         build_from_components(normed, tmp_path / "llava", tmp_path / "sam.pth")
     with pytest.raises(CheckpointError, match="does not exist"):
         build_from_components(micro_config(), tmp_path / "nope", tmp_path / "sam.pth")
+
+
+def _custom_sam_config():
+    from gsva.config import SamConfig
+
+    return SamConfig(img_size=64, patch_size=16, encoder_embed_dim=32, encoder_depth=3, encoder_num_heads=2,
+                     encoder_global_attn_indexes=[1], encoder_window_size=2, prompt_embed_dim=32, decoder_depth=2,
+                     decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32, mask_in_chans=4)
+
+
+def test_sam_hyperparameters_are_read_from_the_shapes(micro_model, tokenizer, tmp_path):
+    from gsva.convert.sam import load_sam
+    from gsva.modeling.sam import build_sam
+
+    custom = _custom_sam_config()  # 3 blocks, global attention in block 1 only: not the micro config's SAM
+    assert custom != micro_config().sam
+    sam = build_sam(custom)
+    torch.save(sam.state_dict(), tmp_path / "sam_custom.pth")
+    cfg, state = load_sam(tmp_path / "sam_custom.pth", base=dataclasses.replace(custom, decoder_num_heads=2))
+    assert cfg == custom and set(state) == set(sam.state_dict())
+    micro_model.mllm.save_pretrained(tmp_path / "llava")
+    tokenizer.save_pretrained(tmp_path / "llava")
+    model, _ = build_from_components(micro_config(), tmp_path / "llava", tmp_path / "sam_custom.pth")
+    assert model.config.sam == custom
+    for k, v in sam.state_dict().items():
+        torch.testing.assert_close(model.sam.state_dict()[k], v)
+
+
+def test_sam_files_that_contradict_their_variant_or_are_not_sam(micro_model, tmp_path):
+    from gsva.convert.sam import load_sam
+
+    torch.save(micro_model.sam.state_dict(), tmp_path / "sam_vit_b_01ec64.pth")  # an official name, wrong shapes
+    with pytest.raises(CheckpointError, match=r"contradict SAM vit_b: encoder_embed_dim 32 \(expected 768\)"):
+        load_sam(tmp_path / "sam_vit_b_01ec64.pth")
+    torch.save(micro_model.sam.state_dict(), tmp_path / "sam.pth")
+    with pytest.raises(CheckpointError, match="contradict SAM vit_h"):
+        load_sam(tmp_path / "sam.pth", variant="vit_h")
+    with pytest.raises(CheckpointError, match="unknown SAM variant"):
+        load_sam(tmp_path / "sam.pth", variant="vit_x")
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 8)}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="not a SAM state dict"):
+        load_sam(tmp_path / "partial.pth")
+    import datetime
+
+    torch.save({"x": datetime.date(2020, 1, 1)}, tmp_path / "object.pth")  # a global weights_only refuses
+    with pytest.raises(CheckpointError, match="cannot read the SAM checkpoint"):
+        load_sam(tmp_path / "object.pth")
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read the SAM checkpoint"):
+        load_sam(tmp_path / "corrupt.pth")

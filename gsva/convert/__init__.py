@@ -1,0 +1,1 @@
+"""Converters and loaders for released checkpoints (SAM, LLaVA, GSVA/LISA) into GSVA's own format."""
