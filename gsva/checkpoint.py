@@ -3,7 +3,9 @@
 A checkpoint directory holds::
 
     config.json           GSVAConfig (architecture, LoRA, losses, trainable switches)
-    model.safetensors     the complete state dict of GSVAModel (no pickle anywhere)
+    model.safetensors     the complete state dict of GSVAModel (no pickle anywhere), or, for large models,
+    model-00001-of-0000N.safetensors ... + model.safetensors.index.json   the same in shards (transformers' layout:
+                          the index's "weight_map" names the shard of every key)
     tokenizer.json, tokenizer_config.json, ...   the tokenizer, control tokens included
 
 Loading checks that every key of the model is present and no other key is, and that every shape matches; any
@@ -13,6 +15,7 @@ them, LISA #56/#103/#116). Writes are atomic: files go to a temporary sibling di
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,11 +30,13 @@ from .config import ConfigError, GSVAConfig
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens, control_token_ids
 
-__all__ = ["CheckpointError", "save_model", "load_model", "load_tokenizer", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["CheckpointError", "save_model", "load_model", "load_tokenizer", "load_weights", "WEIGHTS_NAME",
+           "INDEX_NAME", "CONFIG_NAME"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
 
@@ -39,15 +44,44 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupt or does not match its config."""
 
 
-def save_model(model: GSVAModel, tokenizer, out_dir: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` to ``out_dir`` atomically (an existing directory is replaced)."""
+def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split ``state`` (in key order) into groups of at most ``max_bytes`` (a larger single tensor gets its own)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    return shards
+
+
+def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes: int | None = None) -> Path:
+    """Write ``model`` and ``tokenizer`` to ``out_dir`` atomically (an existing directory is replaced).
+
+    With ``max_shard_bytes``, weights larger than that are split into shards plus ``model.safetensors.index.json``.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.config.save(tmp / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "gsva_config": model.config.name})
+        meta = {"format": "pt", "gsva_config": model.config.name}
+        shards = _shards(state, max_shard_bytes) if max_shard_bytes else [state]
+        if len(shards) == 1:
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata=meta)
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / name), metadata=meta)
+                weight_map.update({k: name for k in shard})
+            total = sum(v.numel() * v.element_size() for v in state.values())
+            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                     indent=1) + "\n")
         tokenizer.save_pretrained(str(tmp))
         umask = os.umask(0)
         os.umask(umask)
@@ -88,23 +122,60 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory {model_dir} does not exist")
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (model_dir / name).is_file():
-            raise CheckpointError(f"{model_dir} is not a GSVA checkpoint: {name} is missing")
+    if not (model_dir / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{model_dir} is not a GSVA checkpoint: {CONFIG_NAME} is missing")
+    if not (model_dir / WEIGHTS_NAME).is_file() and not (model_dir / INDEX_NAME).is_file():
+        raise CheckpointError(f"{model_dir} is not a GSVA checkpoint: {WEIGHTS_NAME} is missing "
+                              f"(and there is no {INDEX_NAME})")
     try:
         config = GSVAConfig.load(model_dir / CONFIG_NAME)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     tokenizer = load_tokenizer(model_dir)
-    try:
-        state = load_file(str(model_dir / WEIGHTS_NAME))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{model_dir / WEIGHTS_NAME} is corrupt or unreadable ({exc})") from None
+    state, source = load_weights(model_dir)
     model = GSVAModel(config, add_control_tokens(tokenizer), len(tokenizer))
-    check_state_dict(model, state, model_dir / WEIGHTS_NAME)
+    check_state_dict(model, state, source)
     model.load_state_dict(state, strict=True)
     model.to(device=device, dtype=dtype).eval()
     return model, tokenizer
+
+
+def load_weights(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of a checkpoint directory (single file or shards + index) and the file they are reported under.
+
+    Raises :class:`CheckpointError` for an unreadable file, a shard the index names but that is missing, a key the
+    index places in a shard that lacks it, or a shard holding keys the index does not place there.
+    """
+    model_dir = Path(model_dir)
+    single, index_path = model_dir / WEIGHTS_NAME, model_dir / INDEX_NAME
+
+    def read(path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(path))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing (named by {index_path.name})") from None
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is corrupt or unreadable ({exc})") from None
+
+    if single.is_file():
+        return read(single), single
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and "/" not in v and v.endswith(
+                ".safetensors") for v in weight_map.values()):
+            raise ValueError("'weight_map' must map keys to shard file names in the same directory")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index_path} is not a valid shard index ({exc})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        tensors = read(model_dir / shard)
+        placed = {k for k, v in weight_map.items() if v == shard}
+        if set(tensors) != placed:
+            extra, lacking = sorted(set(tensors) - placed), sorted(placed - set(tensors))
+            raise CheckpointError(f"{model_dir / shard} disagrees with {index_path.name}: "
+                                  f"lacks {lacking[:8]}, holds unlisted {extra[:8]}")
+        state.update(tensors)
+    return state, index_path
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:

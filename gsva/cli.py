@@ -1,5 +1,6 @@
-"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva predict`` (one image, one query)
-and ``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``).
+"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva predict`` (one image, one query),
+``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``) and ``gsva export`` (a self-contained
+checkpoint, LoRA optionally merged).
 
 Bad input exits with status 2 and one ``error: ...`` line on stderr, no traceback.
 """
@@ -90,6 +91,17 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .convert.export import export_model, parse_size
+
+    shard = parse_size(args.max_shard_size) if args.max_shard_size else None
+    summary = export_model(args.model, args.out, merge=args.merge_lora, max_shard_bytes=shard,
+                           dtype=_dtype(args.dtype) if args.dtype else None)
+    sys.stdout.write(f"wrote {summary['out']}: {len(summary['weight_files'])} weight file(s)"
+                     + (f", {summary['merged_lora_layers']} LoRA layers merged" if args.merge_lora else "") + "\n")
+    return 0
+
+
 def _dtype(name: str):
     import torch
 
@@ -112,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("gsva_out"))
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.set_defaults(func=_predict)
+    p = sub.add_parser("export", help="write a self-contained checkpoint (optionally with LoRA merged)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--merge-lora", action="store_true", help="fold LoRA into the base weights (default: keep it)")
+    p.add_argument("--max-shard-size", default=None, help="split the weights into shards of at most this size "
+                   "(e.g. 5GB); default: one file")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: keep)")
+    p.set_defaults(func=_export)
     p = sub.add_parser("score", help="recompute metrics from a predictions.jsonl written by eval/evaluate.py")
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--scorer", default=None, help="comma-separated: rela, gsva, dmmi, lisa, rec "

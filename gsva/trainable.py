@@ -44,6 +44,21 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> None:
     inject_adapter_in_model(config, model)
 
 
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA layer into its base ``nn.Linear`` (W <- W + (alpha / r) B A, peft's ``merge``) and put the
+    plain Linear back in its place. Returns the number of merged layers (0 when the model has no LoRA)."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+            merged += 1
+    return merged
+
+
 def is_trainable(name: str, trainable: TrainableConfig) -> bool:
     """Whether the parameter called ``name`` (a ``GSVAModel.named_parameters()`` key) is trained."""
     if ".lora_A." in name or ".lora_B." in name:

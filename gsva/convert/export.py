@@ -1,0 +1,62 @@
+"""Export a checkpoint as a self-contained directory: config + safetensors (sharded when large) + tokenizer, with
+LoRA optionally merged into the base weights.
+
+The official code has no working merge ("merge-lora always fails", official-gsva.md §6). Here each peft LoRA layer
+is folded into its ``nn.Linear`` (W <- W + (alpha / r) B A) and replaced by it; the exported config says
+``lora.rank = 0``, so the result loads as a plain model with the same outputs (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_model, save_model
+from ..trainable import merge_lora
+
+__all__ = ["export_model", "parse_size"]
+
+logger = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """"5GB", "500MB", "2GiB", "1048576" -> bytes. Raises ValueError for anything else or a size below 1 byte."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"cannot read the size {text!r} (use e.g. 5GB, 500MB, 2GiB or a byte count)")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < 1:
+        raise ValueError(f"size {text!r} is below one byte")
+    return size
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, merge: bool = False, max_shard_bytes: int | None = None,
+                 dtype: torch.dtype | None = None) -> dict:
+    """Load ``model_dir`` strictly and write it to ``out_dir``. Returns a summary dict (merged layers, shards).
+
+    ``merge``: fold LoRA into the base weights (raises :class:`CheckpointError` when the model has no LoRA).
+    ``dtype``: cast the weights (e.g. ``torch.bfloat16``) before writing. ``out_dir`` must differ from
+    ``model_dir``.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.resolve() == model_dir.resolve():
+        raise CheckpointError(f"export would overwrite its source {model_dir}; choose another --out")
+    model, tokenizer = load_model(model_dir)
+    merged = 0
+    if merge:
+        if model.config.lora.rank == 0:
+            raise CheckpointError(f"{model_dir} has no LoRA to merge (lora.rank is 0)")
+        merged = merge_lora(model)
+        model.config = dataclasses.replace(model.config, lora=dataclasses.replace(model.config.lora, rank=0))
+        logger.info("merged %d LoRA layers", merged)
+    if dtype is not None:
+        model.to(dtype)
+    save_model(model, tokenizer, out_dir, max_shard_bytes=max_shard_bytes)
+    shards = sorted(p.name for p in out_dir.glob("model*.safetensors"))
+    return {"merged_lora_layers": merged, "weight_files": shards, "out": str(out_dir)}
