@@ -102,6 +102,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_llava(args: argparse.Namespace) -> int:
+    from .convert.llava import convert_llava_v1
+
+    summary = convert_llava_v1(args.src, args.vision_tower, args.out)
+    sys.stdout.write(f"wrote {args.out}: {summary['tensors']} tensors ({summary['vision'].projector_type} projector, "
+                     f"{summary['text'].num_hidden_layers} LLaMA layers); dropped knowingly: "
+                     f"{len(summary['dropped'])} keys (listed in {args.out}/gsva_llava.json)\n")
+    return 0
+
+
 def _dtype(name: str):
     import torch
 
@@ -124,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("gsva_out"))
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.set_defaults(func=_predict)
+    p = sub.add_parser("convert", help="convert released checkpoints into GSVA's format")
+    conv = p.add_subparsers(dest="what", required=True)
+    c = conv.add_parser("llava", help="an original LLaVA-v1 (haotian-liu LlavaLlamaForCausalLM) checkpoint + CLIP")
+    c.add_argument("--src", required=True, type=Path, help="the LLaVA-v1 folder (config.json, weights, tokenizer)")
+    c.add_argument("--vision-tower", required=True, type=Path, help="HF CLIP folder (openai/clip-vit-large-patch14)")
+    c.add_argument("--out", required=True, type=Path)
+    c.set_defaults(func=_convert_llava)
     p = sub.add_parser("export", help="write a self-contained checkpoint (optionally with LoRA merged)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)

@@ -1,8 +1,9 @@
 """Build a GSVA model from pretrained parts on local disk: an HF-format LLaVA directory and a SAM checkpoint.
 
 This is how the paper configurations start training (LLaVA-Vicuna + SAM ViT-H). Nothing is downloaded: both paths
-must exist locally. The LLaVA directory must be in transformers' ``LlavaForConditionalGeneration`` format (the
-original haotian-liu LLaVA-v1 layout needs converting first). The SAM file is a released ``sam_vit_*.pth`` state
+must exist locally. The LLaVA directory is either in transformers' ``LlavaForConditionalGeneration`` format (e.g.
+llava-1.5-7b-hf, 2-layer GELU projector) or a LLaVA base converted from an original haotian-liu LLaVA-v1 checkpoint
+by ``gsva convert llava`` (:mod:`gsva.convert.llava`; one-Linear projector). The SAM file is a released ``sam_vit_*.pth`` state
 dict (or a fine-tuned/custom-size one in the same layout), read with ``torch.load(weights_only=True)``; its
 hyper-parameters come from its tensor shapes (:mod:`gsva.convert.sam`) and it is loaded strictly.
 """
@@ -38,6 +39,7 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
+    from .convert.llava import LLAVA_BASE_CONFIG, load_llava_base
     from .convert.sam import load_sam
 
     llava_dir, sam_checkpoint = Path(llava_dir), Path(sam_checkpoint)
@@ -46,10 +48,18 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
             raise CheckpointError(f"{path} does not exist")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(llava_dir), local_files_only=True)
-        llava = LlavaForConditionalGeneration.from_pretrained(str(llava_dir), local_files_only=True, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{llava_dir}: cannot load an HF-format LLaVA ({exc})") from None
-    _check_llava(config, llava, llava_dir)
+    except Exception as exc:  # noqa: BLE001 - tokenizer loaders raise many types
+        raise CheckpointError(f"{llava_dir}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
+    if (llava_dir / LLAVA_BASE_CONFIG).is_file():  # converted by `gsva convert llava`
+        llava, vision, text, _ = load_llava_base(llava_dir, dtype)
+        projector = vision.projector_type
+    else:
+        try:
+            llava = LlavaForConditionalGeneration.from_pretrained(str(llava_dir), local_files_only=True, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{llava_dir}: cannot load an HF-format LLaVA ({exc})") from None
+        vision, text, projector = llava.config.vision_config, llava.config.text_config, "mlp2x_gelu"
+    _check_llava(config, vision, text, projector, llava_dir)
     sam_config, state = load_sam(sam_checkpoint, sam_variant, base=config.sam)
     config = dataclasses.replace(config, sam=sam_config)
     ids = add_control_tokens(tokenizer)
@@ -68,16 +78,17 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
     return model.to(dtype), tokenizer
 
 
-def _check_llava(config: GSVAConfig, llava, where: Path) -> None:
-    text, vision = llava.config.text_config, llava.config.vision_config
+def _check_llava(config: GSVAConfig, vision, text, projector: str, where: Path) -> None:
+    """The LLaVA's architecture numbers must be those of ``config`` (vision/text: config objects with the same
+    field names as ours or transformers')."""
     pairs = [("text.hidden_size", config.text.hidden_size, text.hidden_size),
              ("text.num_hidden_layers", config.text.num_hidden_layers, text.num_hidden_layers),
              ("vision.hidden_size", config.vision.hidden_size, vision.hidden_size),
              ("vision.image_size", config.vision.image_size, vision.image_size),
-             ("vision.patch_size", config.vision.patch_size, vision.patch_size)]
-    wrong = [f"{name}: config {ours} vs checkpoint {theirs}" for name, ours, theirs in pairs if ours != theirs]
-    if config.vision.projector_type != "mlp2x_gelu":  # HF Llava always has Linear-GELU-Linear
-        wrong.append(f"vision.projector_type: config {config.vision.projector_type!r} vs checkpoint 'mlp2x_gelu' "
-                     "(HF Llava); a LLaVA-v1 ('linear') checkpoint must be converted first")
+             ("vision.patch_size", config.vision.patch_size, vision.patch_size),
+             ("vision.projector_type", config.vision.projector_type, projector)]
+    wrong = [f"{name}: config {ours!r} vs checkpoint {theirs!r}" for name, ours, theirs in pairs if ours != theirs]
+    if wrong and projector == "mlp2x_gelu" and config.vision.projector_type == "linear":
+        wrong.append("(an original LLaVA-v1 checkpoint must be converted first: gsva convert llava)")
     if wrong:
         raise CheckpointError(f"{where} does not match config {config.name}: " + "; ".join(wrong))

@@ -1,0 +1,106 @@
+"""gsva convert llava: an original LLaVA-v1 checkpoint (written here in its exact layout) + an HF CLIP folder."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from gsva.checkpoint import CheckpointError
+from gsva.cli import main as gsva_main
+from gsva.convert.llava import convert_llava_v1
+from gsva.pretrained import build_from_components
+
+from .conftest import micro_config
+
+
+def _config():
+    cfg = micro_config()
+    return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, feature_layer=-2, projector_type="linear",
+                                                               preprocess="center_crop"))
+
+
+@pytest.fixture()
+def llava_v1(tokenizer, tmp_path):
+    """(src folder, CLIP folder, source LLaMA, source CLIP, projector weight, projector bias)."""
+    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = _config()
+    text = LlamaConfig(hidden_size=cfg.text.hidden_size, intermediate_size=cfg.text.intermediate_size,
+                       num_hidden_layers=cfg.text.num_hidden_layers, num_attention_heads=cfg.text.num_attention_heads,
+                       vocab_size=len(tokenizer), max_position_embeddings=512, rms_norm_eps=1e-6)
+    llama = LlamaForCausalLM(text).eval()
+    state = dict(llama.state_dict())
+    w, b = torch.randn(cfg.text.hidden_size, cfg.vision.hidden_size) * 0.1, torch.randn(cfg.text.hidden_size) * 0.1
+    state["model.mm_projector.weight"], state["model.mm_projector.bias"] = w, b
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # saved by transformers 4.2x
+    src = tmp_path / "LLaVA-Lightning-v1-1"
+    src.mkdir()
+    keys = sorted(state)
+    half = len(keys) // 2
+    weight_map = {}
+    for i, part in enumerate((keys[:half], keys[half:]), 1):  # sharded .bin, as the released checkpoints
+        name = f"pytorch_model-0000{i}-of-00002.bin"
+        torch.save({k: state[k] for k in part}, src / name)
+        weight_map.update({k: name for k in part})
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config = text.to_dict()
+    config.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
+                   "mm_vision_tower": "openai/clip-vit-large-patch14", "mm_hidden_size": cfg.vision.hidden_size,
+                   "mm_vision_select_layer": -2, "mm_use_im_start_end": True})
+    (src / "config.json").write_text(json.dumps(config))
+    tokenizer.save_pretrained(str(src))
+    clip = CLIPModel(CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 99},
+        vision_config={"hidden_size": cfg.vision.hidden_size, "intermediate_size": cfg.vision.intermediate_size,
+                       "num_hidden_layers": cfg.vision.num_hidden_layers,
+                       "num_attention_heads": cfg.vision.num_attention_heads, "image_size": cfg.vision.image_size,
+                       "patch_size": cfg.vision.patch_size}, projection_dim=16)).eval()
+    clip.save_pretrained(str(tmp_path / "clip"))
+    return src, tmp_path / "clip", llama, clip, w, b
+
+
+def test_converted_llava_reproduces_the_source_parts(llava_v1, micro_model, tmp_path):
+    src, clip_dir, llama, clip, w, b = llava_v1
+    summary = convert_llava_v1(src, clip_dir, tmp_path / "base")
+    assert "llava:model.layers.0.self_attn.rotary_emb.inv_freq" in summary["dropped"]
+    assert any(k.startswith("clip:text_model.") for k in summary["dropped"])
+    torch.save(micro_model.sam.state_dict(), tmp_path / "sam.pth")
+    model, tok = build_from_components(_config(), tmp_path / "base", tmp_path / "sam.pth")
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+    with torch.no_grad():
+        ref_logits = llama(input_ids=ids).logits
+        hidden, _ = model.language_forward(model.mllm.get_input_embeddings()(ids))
+        torch.testing.assert_close(model.lm_logits(hidden)[..., :ref_logits.shape[-1]], ref_logits,
+                                   atol=1e-5, rtol=1e-5)
+        pixels = torch.randn(2, 3, 32, 32)
+        feats = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        torch.testing.assert_close(model.image_features(pixels), feats @ w.T + b, atol=1e-5, rtol=1e-5)
+    assert model.mllm.get_input_embeddings().weight.shape[0] == len(tok)
+
+
+def test_conversion_errors_name_files_and_keys(llava_v1, tmp_path, capsys):
+    src, clip_dir, *_ = llava_v1
+    extra = torch.load(src / "pytorch_model-00001-of-00002.bin", weights_only=True)
+    extra["vision_resampler.weight"] = torch.zeros(1)
+    torch.save(extra, src / "pytorch_model-00001-of-00002.bin")
+    with pytest.raises(CheckpointError, match=r"no place in the LLaVA base: \['llava:vision_resampler.weight'\]"):
+        convert_llava_v1(src, clip_dir, tmp_path / "o")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "mm_hidden_size": 1024}))
+    with pytest.raises(CheckpointError, match="mm_hidden_size 1024 differs .* wrong --vision-tower"):
+        convert_llava_v1(src, clip_dir, tmp_path / "o")
+    (src / "pytorch_model-00002-of-00002.bin").unlink()
+    assert gsva_main(["convert", "llava", "--src", str(src), "--vision-tower", str(clip_dir),
+                      "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_unconverted_v1_config_against_hf_llava_is_explained(micro_model, tokenizer, tmp_path):
+    micro_model.mllm.save_pretrained(tmp_path / "llava")
+    tokenizer.save_pretrained(tmp_path / "llava")
+    torch.save(micro_model.sam.state_dict(), tmp_path / "sam.pth")
+    with pytest.raises(CheckpointError, match="gsva convert llava"):
+        build_from_components(_config(), tmp_path / "llava", tmp_path / "sam.pth")
