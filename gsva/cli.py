@@ -112,6 +112,16 @@ def _convert_llava(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_gsva(args: argparse.Namespace) -> int:
+    from .convert.gsva_release import convert_gsva_release
+
+    report = convert_gsva_release(args.weights, args.llava, args.sam, args.out, args.config)
+    sys.stdout.write(f"wrote {args.out}: LoRA rank {report['lora_rank']}, {report['mapped']} tensors from the release, "
+                     f"{len(report['from_base'])} from the base, {len(report['knowingly_dropped'])} dropped knowingly "
+                     f"(report: {args.out}/conversion.json)\n")
+    return 0
+
+
 def _dtype(name: str):
     import torch
 
@@ -141,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--vision-tower", required=True, type=Path, help="HF CLIP folder (openai/clip-vit-large-patch14)")
     c.add_argument("--out", required=True, type=Path)
     c.set_defaults(func=_convert_llava)
+    c = conv.add_parser("gsva", help="released GSVA/LISA weights (.bin) into a GSVA checkpoint")
+    c.add_argument("--weights", required=True, type=Path, help="e.g. gsva-7b-ft-gres.bin")
+    c.add_argument("--llava", required=True, type=Path, help="the LLaVA base it was trained from (HF format or "
+                   "converted by `gsva convert llava`)")
+    c.add_argument("--sam", required=True, type=Path, help="e.g. sam_vit_h_4b8939.pth")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--config", default="gsva-vicuna-7b", help="named architecture (gsva-vicuna-7b, gsva-vicuna-13b, "
+                   "gsva-llama2-13b); the LoRA rank is read from the file")
+    c.set_defaults(func=_convert_gsva)
     p = sub.add_parser("export", help="write a self-contained checkpoint (optionally with LoRA merged)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)

@@ -15,8 +15,9 @@ from pathlib import Path
 __all__ = ["train_tokenizer"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
-    """Train on ``texts`` and return a ``LlamaTokenizer`` with the control tokens added (ids after the base vocab)."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, control_tokens: bool = True):
+    """Train on ``texts`` and return a ``LlamaTokenizer``; with ``control_tokens`` the control tokens are added
+    (ids after the base vocab), without it the result is a plain LLaMA-style tokenizer (as a LLaVA release ships)."""
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
@@ -30,5 +31,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
         )
         # add_prefix_space=False: Metaspace never prepends "▁" (and the setting is saved with the tokenizer)
         tokenizer = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=False)
-    add_control_tokens(tokenizer)
+    if control_tokens:
+        add_control_tokens(tokenizer)
     return tokenizer

@@ -12,6 +12,7 @@ from gsva.convert.llava import convert_llava_v1
 from gsva.pretrained import build_from_components
 
 from .conftest import micro_config
+from .official_layouts import write_llava_v1
 
 
 def _config():
@@ -23,43 +24,9 @@ def _config():
 @pytest.fixture()
 def llava_v1(tokenizer, tmp_path):
     """(src folder, CLIP folder, source LLaMA, source CLIP, projector weight, projector bias)."""
-    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
-    cfg = _config()
-    text = LlamaConfig(hidden_size=cfg.text.hidden_size, intermediate_size=cfg.text.intermediate_size,
-                       num_hidden_layers=cfg.text.num_hidden_layers, num_attention_heads=cfg.text.num_attention_heads,
-                       vocab_size=len(tokenizer), max_position_embeddings=512, rms_norm_eps=1e-6)
-    llama = LlamaForCausalLM(text).eval()
-    state = dict(llama.state_dict())
-    w, b = torch.randn(cfg.text.hidden_size, cfg.vision.hidden_size) * 0.1, torch.randn(cfg.text.hidden_size) * 0.1
-    state["model.mm_projector.weight"], state["model.mm_projector.bias"] = w, b
-    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # saved by transformers 4.2x
-    src = tmp_path / "LLaVA-Lightning-v1-1"
-    src.mkdir()
-    keys = sorted(state)
-    half = len(keys) // 2
-    weight_map = {}
-    for i, part in enumerate((keys[:half], keys[half:]), 1):  # sharded .bin, as the released checkpoints
-        name = f"pytorch_model-0000{i}-of-00002.bin"
-        torch.save({k: state[k] for k in part}, src / name)
-        weight_map.update({k: name for k in part})
-    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = text.to_dict()
-    config.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
-                   "mm_vision_tower": "openai/clip-vit-large-patch14", "mm_hidden_size": cfg.vision.hidden_size,
-                   "mm_vision_select_layer": -2, "mm_use_im_start_end": True})
-    (src / "config.json").write_text(json.dumps(config))
-    tokenizer.save_pretrained(str(src))
-    clip = CLIPModel(CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 99},
-        vision_config={"hidden_size": cfg.vision.hidden_size, "intermediate_size": cfg.vision.intermediate_size,
-                       "num_hidden_layers": cfg.vision.num_hidden_layers,
-                       "num_attention_heads": cfg.vision.num_attention_heads, "image_size": cfg.vision.image_size,
-                       "patch_size": cfg.vision.patch_size}, projection_dim=16)).eval()
-    clip.save_pretrained(str(tmp_path / "clip"))
-    return src, tmp_path / "clip", llama, clip, w, b
+    parts = write_llava_v1(tmp_path, tokenizer, _config())
+    return parts["src"], parts["clip_dir"], parts["llama"], parts["clip"], parts["proj_w"], parts["proj_b"]
 
 
 def test_converted_llava_reproduces_the_source_parts(llava_v1, micro_model, tmp_path):

@@ -107,6 +107,7 @@ def teacher_forced_outcomes(predictor: GSVAPredictor, conversations: list[tuple[
     hidden, _ = model.language_forward(model.embed_inputs(batch.input_ids, feats), batch.attention_mask)
     slots = locate_slots(batch.input_ids, ids.seg, ids.rej)
     logits = model.lm_logits(hidden[slots.batch_index, slots.predict_position]).float()  # (S, V)
+    logits[:, ids.image] = float("-inf")  # our image placeholder is never a prediction (no official vocab has it)
     argmax = logits.argmax(-1)
     probs = torch.softmax(logits, -1)
     p_seg, p_rej = probs[:, ids.seg], probs[:, ids.rej]
