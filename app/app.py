@@ -1,6 +1,7 @@
 """GSVA chat: upload an image, ask for any number of targets, see each mask in its own colour.
 
-    python app/app.py [--model DIR] [--host 127.0.0.1] [--port 7860] [--dtype fp32|bf16]
+    python app/app.py [--model DIR] [--host 127.0.0.1] [--port 7860] [--dtype fp32|bf16|fp16]
+                      [--load-in-8bit | --load-in-4bit]
 
 Binds to 127.0.0.1 by default, with Gradio analytics off and no share link. Besides the chat, a scriptable
 endpoint ``/segment`` (image, question -> answer text, annotated image) serves ``gradio_client``::
@@ -26,6 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
 
+from gsva.cli import add_quantization_flags  # noqa: E402
 from gsva.images import ImageError, as_rgb_array  # noqa: E402
 from gsva.inference import Answer, EncodedImage, GSVAPredictor, QuestionError  # noqa: E402
 from gsva.visualize import overlay_masks  # noqa: E402
@@ -143,16 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: shipped gsva-tiny)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="fp16 only where the device supports it (CUDA)")
+    add_quantization_flags(parser)
     args = parser.parse_args(argv)
     import torch
 
     from gsva.checkpoint import CheckpointError
 
     try:
-        predictor = GSVAPredictor.from_pretrained(args.model, dtype=getattr(torch, {"fp32": "float32",
-                                                                                     "bf16": "bfloat16"}[args.dtype]))
-    except CheckpointError as exc:
+        quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+        predictor = GSVAPredictor.from_pretrained(
+            args.model, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]),
+            quantization=quantization)
+    except (CheckpointError, RuntimeError) as exc:  # RuntimeError: bitsandbytes missing for 8/4-bit
         sys.stderr.write(f"error: {exc}\n")
         return 2
     demo = build_demo(ChatBackend(predictor))

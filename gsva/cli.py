@@ -36,7 +36,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .visualize import overlay_masks
 
     image = load_image(args.image)
-    predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype))
+    predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype), quantization=_quant(args))
     predictor.set_image(image)
     answer = predictor.ask(args.query)
     out = Path(args.out)
@@ -122,6 +122,18 @@ def _convert_gsva(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quant(args: argparse.Namespace) -> str | None:
+    return "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+
+
+def add_quantization_flags(parser: argparse.ArgumentParser) -> None:
+    """``--load-in-8bit`` / ``--load-in-4bit`` (mutually exclusive, off by default)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--load-in-8bit", action="store_true", help="language model in 8 bit (bitsandbytes LLM.int8)")
+    group.add_argument("--load-in-4bit", action="store_true", help="language model in 4 bit (bitsandbytes NF4, "
+                       "double quantisation)")
+
+
 def _dtype(name: str):
     import torch
 
@@ -143,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-tiny)")
     p.add_argument("--out", type=Path, default=Path("gsva_out"))
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    add_quantization_flags(p)
     p.set_defaults(func=_predict)
     p = sub.add_parser("convert", help="convert released checkpoints into GSVA's format")
     conv = p.add_subparsers(dest="what", required=True)
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ImageError, QuestionError, CheckpointError, ConfigError, AnnotationError, PredictionError,
-            FileExistsError, OSError, ValueError) as exc:
+            FileExistsError, OSError, ValueError, RuntimeError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
 

@@ -108,11 +108,17 @@ class GSVAPredictor:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, **kwargs) -> "GSVAPredictor":
-        """Load a checkpoint (default: the shipped ``gsva-tiny``). Raises :class:`gsva.checkpoint.CheckpointError`."""
+                        dtype: torch.dtype = torch.float32, quantization: str | None = None,
+                        **kwargs) -> "GSVAPredictor":
+        """Load a checkpoint (default: the shipped ``gsva-tiny``); ``quantization`` "8bit"/"4bit" runs the language
+        model through bitsandbytes (:mod:`gsva.quantization`). Raises :class:`gsva.checkpoint.CheckpointError`."""
         from .checkpoint import load_model
 
         model, tokenizer = load_model(model_dir or default_model_dir(), device=device, dtype=dtype)
+        if quantization is not None:
+            from .quantization import quantize_language_model
+
+            quantize_language_model(model, quantization)
         return cls(model, tokenizer, **kwargs)
 
     # -- stateful use -----------------------------------------------------------------------------------------
