@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a harmless notice about optional kernels
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
     scorers = tuple(args.scorers.split(",")) if args.scorers else DEFAULT_SCORERS[args.dataset]

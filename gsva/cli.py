@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a harmless notice about optional kernels
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .config import ConfigError

@@ -174,3 +174,26 @@ def test_release_errors(release, tmp_path, capsys):
     assert gsva_main(["convert", "gsva", "--weights", str(tmp_path / "bad.bin"), "--llava", str(root / "base"),
                       "--sam", str(root / "sam.pth"), "--out", str(tmp_path / "o")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_release_with_wrong_vocabulary_or_lora_shapes(release, tmp_path):
+    root, cfg = release["root"], release["cfg"]
+    state = {f"base_model.model.{k}": v for k, v in release["state"].items()}
+    bigger = dict(state)
+    for key in ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"):
+        bigger[key] = torch.cat([state[key], torch.zeros(7, state[key].shape[1])])  # a different LLaVA's vocabulary
+    torch.save(bigger, tmp_path / "vocab.bin")
+    with pytest.raises(CheckpointError, match="embed_tokens.weight has .* rows .* wrong LLaVA tokenizer"):
+        convert_gsva_release(tmp_path / "vocab.bin", root / "base", root / "sam.pth", tmp_path / "o", cfg)
+    mixed = dict(state)
+    key = next(k for k in state if k.endswith("q_proj.lora_A.default.weight"))
+    mixed[key] = torch.zeros(RANK * 2, state[key].shape[1])  # one adapter of another rank
+    torch.save(mixed, tmp_path / "rank.bin")
+    with pytest.raises(CheckpointError, match="LoRA layers of different ranks"):
+        convert_gsva_release(tmp_path / "rank.bin", root / "base", root / "sam.pth", tmp_path / "o", cfg)
+    b_key = key.replace("lora_A", "lora_B")
+    wrong_b = dict(state)
+    wrong_b[b_key] = torch.zeros(state[b_key].shape[0], RANK + 1)  # B does not match A's rank
+    torch.save(wrong_b, tmp_path / "b.bin")
+    with pytest.raises(CheckpointError, match="wrong shape .*lora_B"):
+        convert_gsva_release(tmp_path / "b.bin", root / "base", root / "sam.pth", tmp_path / "o", cfg)
