@@ -115,7 +115,7 @@ def _convert_llava(args: argparse.Namespace) -> int:
 def _convert_gsva(args: argparse.Namespace) -> int:
     from .convert.gsva_release import convert_gsva_release
 
-    report = convert_gsva_release(args.weights, args.llava, args.sam, args.out, args.config)
+    report = convert_gsva_release(args.weights, args.llava, args.sam, args.out, args.config, args.vision_tower)
     sys.stdout.write(f"wrote {args.out}: LoRA rank {report['lora_rank']}, {report['mapped']} tensors from the release, "
                      f"{len(report['from_base'])} from the base, {len(report['knowingly_dropped'])} dropped knowingly "
                      f"(report: {args.out}/conversion.json)\n")
@@ -166,12 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_convert_llava)
     c = conv.add_parser("gsva", help="released GSVA/LISA weights (.bin) into a GSVA checkpoint")
     c.add_argument("--weights", required=True, type=Path, help="e.g. gsva-7b-ft-gres.bin")
-    c.add_argument("--llava", required=True, type=Path, help="the LLaVA base it was trained from (HF format or "
-                   "converted by `gsva convert llava`)")
+    c.add_argument("--llava", required=True, type=Path, help="the LLaVA base it was trained from: HF format, "
+                   "converted by `gsva convert llava`, or an original LLaVA-v1 folder (with --vision-tower)")
+    c.add_argument("--vision-tower", type=Path, default=None, help="HF CLIP folder, for an original LLaVA-v1 --llava")
     c.add_argument("--sam", required=True, type=Path, help="e.g. sam_vit_h_4b8939.pth")
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--config", default="gsva-vicuna-7b", help="named architecture (gsva-vicuna-7b, gsva-vicuna-13b, "
-                   "gsva-llama2-13b); the LoRA rank is read from the file")
+                   "gsva-llama2-13b) or a GSVA config.json; the LoRA rank is read from the file")
     c.set_defaults(func=_convert_gsva)
     p = sub.add_parser("export", help="write a self-contained checkpoint (optionally with LoRA merged)")
     p.add_argument("--model", required=True, type=Path)

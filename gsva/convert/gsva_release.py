@@ -81,17 +81,34 @@ def map_release_key(key: str, lora_modules: tuple[str, ...]) -> str | None:
 
 
 def convert_gsva_release(weights: str | Path, llava_dir: str | Path, sam_checkpoint: str | Path, out: str | Path,
-                         config: GSVAConfig | str = "gsva-vicuna-7b") -> dict:
+                         config: GSVAConfig | str = "gsva-vicuna-7b", vision_tower: str | Path | None = None) -> dict:
     """Convert a release ``.bin`` (with the LLaVA base and SAM file it was trained from) into a GSVA checkpoint.
 
-    ``config``: the named (or given) architecture; its LoRA rank is replaced by the one found in the file.
+    ``llava_dir``: an HF-format LLaVA, a base converted by ``gsva convert llava``, or an original LLaVA-v1 folder
+    (then ``vision_tower``, its HF CLIP folder, is required and the base is converted on the way).
+    ``config``: the architecture — a name, a ``config.json`` path or a :class:`GSVAConfig`; its LoRA rank is replaced
+    by the one found in the file.
     Returns the conversion report, also written to ``out/conversion.json``. Raises :class:`CheckpointError`.
     """
-    from ..pretrained import build_from_components
+    import tempfile
 
+    from ..pretrained import build_from_components
+    from .llava import LLAVA_BASE_CONFIG, convert_llava_v1
+
+    llava_dir = Path(llava_dir)
+    config_path = llava_dir / "config.json"
+    is_v1 = (not (llava_dir / LLAVA_BASE_CONFIG).is_file() and config_path.is_file()
+             and "mm_vision_tower" in config_path.read_text())
+    if is_v1:
+        if vision_tower is None:
+            raise CheckpointError(f"{llava_dir} is an original LLaVA-v1 checkpoint: give its CLIP folder "
+                                  "(--vision-tower) to convert it on the way")
+        with tempfile.TemporaryDirectory(prefix="gsva-llava-base-") as tmp:
+            convert_llava_v1(llava_dir, vision_tower, tmp)
+            return convert_gsva_release(weights, tmp, sam_checkpoint, out, config)
     weights, out = Path(weights), Path(out)
     if isinstance(config, str):
-        config = get_named_config(config)
+        config = GSVAConfig.load(config) if config.endswith(".json") else get_named_config(config)
     try:
         raw = torch.load(weights, map_location="cpu", weights_only=True)
     except FileNotFoundError:
