@@ -71,3 +71,35 @@ def test_unconverted_v1_config_against_hf_llava_is_explained(micro_model, tokeni
     torch.save(micro_model.sam.state_dict(), tmp_path / "sam.pth")
     with pytest.raises(CheckpointError, match="gsva convert llava"):
         build_from_components(_config(), tmp_path / "llava", tmp_path / "sam.pth")
+
+
+def test_mlp2x_gelu_projector_keys(llava_v1, micro_model, tmp_path):
+    """LLaVA-1.5-style ``mm_projector.{0,2}`` (Linear-GELU-Linear) maps to transformers' linear_1/linear_2."""
+    src, clip_dir, llama, clip, w, b = llava_v1
+    shard = src / "pytorch_model-00001-of-00002.bin"
+    index = json.loads((src / "pytorch_model.bin.index.json").read_text())
+    part = {k: v for k, v in torch.load(shard, weights_only=True).items() if not k.startswith("model.mm_projector.")}
+    for name in (f.name for f in src.glob("pytorch_model-*.bin")):
+        state = torch.load(src / name, weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("model.mm_projector.")}
+        torch.save(state, src / name)
+    h, v = w.shape
+    mlp = {"model.mm_projector.0.weight": torch.randn(h, v) * 0.1, "model.mm_projector.0.bias": torch.randn(h) * 0.1,
+           "model.mm_projector.2.weight": torch.randn(h, h) * 0.1, "model.mm_projector.2.bias": torch.randn(h) * 0.1}
+    torch.save({**part, **mlp}, shard)
+    index["weight_map"] = {k: f for k, f in index["weight_map"].items() if not k.startswith("model.mm_projector.")}
+    index["weight_map"].update({k: shard.name for k in mlp})
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "mm_projector_type": "mlp2x_gelu"}))
+    convert_llava_v1(src, clip_dir, tmp_path / "base")
+    torch.save(micro_model.sam.state_dict(), tmp_path / "sam.pth")
+    gc = _config()
+    gc = dataclasses.replace(gc, vision=dataclasses.replace(gc.vision, projector_type="mlp2x_gelu"))
+    model, _ = build_from_components(gc, tmp_path / "base", tmp_path / "sam.pth")
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        ref = torch.nn.functional.gelu(feats @ mlp["model.mm_projector.0.weight"].T + mlp["model.mm_projector.0.bias"])
+        ref = ref @ mlp["model.mm_projector.2.weight"].T + mlp["model.mm_projector.2.bias"]
+        torch.testing.assert_close(model.image_features(pixels), ref, atol=1e-5, rtol=1e-5)
