@@ -56,6 +56,8 @@ class TrainRecipe:
     Batch: ``batch_size`` per process x ``grad_accum`` x processes = global batch.
     ``caption_rate``: share of training items that are describe-the-scene conversations instead of GRES ones
     (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch).
+    ``max_bad_steps``: a step whose loss is NaN/inf is skipped (no update) and logged; more than this many in a row
+    stop the run with an error.
     """
 
     model: str = "gsva-tiny"
@@ -85,11 +87,13 @@ class TrainRecipe:
     keep_last: int = 2
     deepspeed_config: str = "ds_configs/zero2.json"
     torch_threads: int = 0
+    max_bad_steps: int = 10
 
     def validate(self) -> "TrainRecipe":
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("precision must be 'fp32' or 'bf16'")
-        for name in ("max_steps", "batch_size", "grad_accum", "max_targets", "save_every", "log_every"):
+        for name in ("max_steps", "batch_size", "grad_accum", "max_targets", "save_every", "log_every",
+                     "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if not 0.0 <= self.caption_rate < 1.0:
@@ -173,7 +177,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 @dataclass
 class StepLog:
-    """What one optimizer step reports. Losses are averages over the step's micro-batches."""
+    """What one optimizer step reports. Losses are averages over the step's micro-batches; ``skipped``: a non-finite
+    loss made the step skip its update (its losses are then NaN/inf)."""
 
     step: int
     loss: float
@@ -183,6 +188,7 @@ class StepLog:
     point_mask: float
     lr: float
     num_masks: int
+    skipped: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -286,32 +292,53 @@ class Trainer:
         batches = self._batches(skip=self.start_step * r.grad_accum)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if (r.precision == "bf16" and not self.use_deepspeed) \
             else contextlib.nullcontext()
+        bad_in_a_row = 0
         for step in range(self.start_step, r.max_steps):
             sums = np.zeros(5)
             masks = 0
+            bad = False
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (read before any scheduler step)
             for _micro in range(r.grad_accum):
                 batch = next(batches).to(self.model.device)
                 with autocast:
                     out = (self.engine or self.model)(batch)
                 loss = out.loss
+                finite = bool(torch.isfinite(loss.total))
+                bad = bad or not finite
                 if self.engine is not None:
-                    self.engine.backward(loss.total)
+                    # DeepSpeed cannot drop a step: a non-finite micro-batch contributes a zero gradient instead
+                    self.engine.backward(loss.total if finite else self._zero_loss())
                     self.engine.step()
-                else:
+                elif finite:
                     (loss.total / r.grad_accum).backward()
                 sums += [loss.total.item(), loss.ce.item(), loss.mask_bce.item(), loss.mask_dice.item(),
                          0.0 if loss.point_mask is None else loss.point_mask.item()]
                 masks += loss.num_masks
             if self.engine is None:
-                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], r.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
+                if not bad:
+                    torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                   r.grad_clip)
+                    self.optimizer.step()
+                self.scheduler.step()  # the schedule follows the step count, skipped steps included
                 self.optimizer.zero_grad(set_to_none=True)
+            if bad:
+                bad_in_a_row += 1
+                logger.warning("step %d: non-finite loss (%s); update skipped (%d in a row)", step + 1,
+                               sums[0] / r.grad_accum, bad_in_a_row)
+                if bad_in_a_row > r.max_bad_steps:
+                    raise RuntimeError(f"non-finite loss in {bad_in_a_row} consecutive steps (up to step {step + 1}), "
+                                       f"more than max_bad_steps={r.max_bad_steps}: lower the learning rate, use "
+                                       "fp32, or check the data; the last good checkpoint is kept")
+            else:
+                bad_in_a_row = 0
             sums /= r.grad_accum
-            yield StepLog(step + 1, *[float(v) for v in sums], lr=lr, num_masks=masks)
+            yield StepLog(step + 1, *[float(v) for v in sums], lr=lr, num_masks=masks, skipped=bad)
             if (step + 1) % r.save_every == 0 or step + 1 == r.max_steps:
                 self.save(step + 1)
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A finite zero loss touching every trainable parameter (its gradient is zero everywhere)."""
+        return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
 
     def save(self, step: int) -> Path:
         """Write ``checkpoints/step_XXXXXXX`` (rank 0 writes the model; all ranks join a DeepSpeed save)."""

@@ -73,3 +73,51 @@ def test_deepspeed_zero2_on_cpu(tmp_path, synth_root):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "checkpoints" / "step_0000003" / "deepspeed").is_dir()
     assert "step 3 loss" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_loss_curve(tmp_path, synth_root):
+    import torch
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = [log.loss for log in Trainer(load_recipe(_recipe(tmp_path / "a", synth_root, max_steps=6,
+                                                                save_every=3))).steps()]
+    first = Trainer(load_recipe(_recipe(tmp_path / "b", synth_root, max_steps=6, save_every=3)))
+    logs = first.steps()
+    head = [next(logs).loss for _ in range(4)]  # step 3's checkpoint is written before step 4 is reported
+    logs.close()  # killed during step 5
+    del first
+    torch.manual_seed(12345)  # a fresh process would start from other global RNG state
+    resumed = Trainer(load_recipe(_recipe(tmp_path / "b", synth_root, max_steps=6, save_every=3)))
+    assert resumed.start_step == 3
+    tail = [log.loss for log in resumed.steps()]
+    np.testing.assert_allclose(head[:3] + tail, straight, rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_losses_skip_the_update_then_stop_the_run(tmp_path, synth_root):
+    import torch
+
+    trainer = Trainer(load_recipe(_recipe(tmp_path, synth_root, max_steps=8, save_every=100, max_bad_steps=2)))
+    forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def poisoned(batch):
+        out = forward(batch)
+        calls["n"] += 1
+        if calls["n"] in (2, 4, 5, 6):
+            out.loss.total = out.loss.total * float("nan")
+        return out
+
+    trainer.model.forward = poisoned
+    logs = trainer.steps()
+    first = next(logs)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    second = next(logs)
+    assert not first.skipped and second.skipped and np.isnan(second.loss)
+    for k, v in trainer.model.state_dict().items():  # a skipped step changes no weight
+        assert torch.equal(v, before[k]), k
+    assert not next(logs).skipped
+    assert next(logs).skipped and next(logs).skipped
+    with pytest.raises(RuntimeError, match="non-finite loss in 3 consecutive steps .* max_bad_steps=2"):
+        next(logs)
