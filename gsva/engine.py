@@ -58,6 +58,10 @@ class TrainRecipe:
     (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch).
     ``max_bad_steps``: a step whose loss is NaN/inf is skipped (no update) and logged; more than this many in a row
     stop the run with an error.
+    Validation: every ``val_every`` steps (0 = never) the first ``val_limit`` images of ``val_split`` (a
+    gRefCOCO-format split of ``data_root``) are evaluated with ``val_protocol`` (:mod:`gsva.evaluation`); the
+    checkpoint with the highest ``best_metric`` ("<scorer>.<metric>", e.g. "rela.gIoU") is kept in
+    ``checkpoints/best`` besides the last ``keep_last`` step checkpoints.
     """
 
     model: str = "gsva-tiny"
@@ -88,6 +92,11 @@ class TrainRecipe:
     deepspeed_config: str = "ds_configs/zero2.json"
     torch_threads: int = 0
     max_bad_steps: int = 10
+    val_split: str | None = None
+    val_every: int = 0
+    val_limit: int | None = 50
+    val_protocol: str = "teacher-forced"
+    best_metric: str = "rela.gIoU"
 
     def validate(self) -> "TrainRecipe":
         if self.precision not in ("fp32", "bf16"):
@@ -100,6 +109,14 @@ class TrainRecipe:
             raise ConfigError("caption_rate must be in [0, 1)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ConfigError("warmup_steps must be >= 0 and lr > 0")
+        if self.val_every < 0 or (self.val_every and not self.val_split):
+            raise ConfigError("val_every must be >= 0, and needs val_split")
+        if self.val_protocol not in ("teacher-forced", "generate"):
+            raise ConfigError("val_protocol must be 'teacher-forced' or 'generate'")
+        if self.val_limit is not None and self.val_limit < 1:
+            raise ConfigError("val_limit must be >= 1 (or null for the whole split)")
+        if self.best_metric.count(".") != 1:
+            raise ConfigError(f"best_metric must be '<scorer>.<metric>', e.g. 'rela.gIoU', got {self.best_metric!r}")
         return self
 
 
@@ -335,6 +352,53 @@ class Trainer:
             yield StepLog(step + 1, *[float(v) for v in sums], lr=lr, num_masks=masks, skipped=bad)
             if (step + 1) % r.save_every == 0 or step + 1 == r.max_steps:
                 self.save(step + 1)
+            if r.val_every and ((step + 1) % r.val_every == 0 or step + 1 == r.max_steps):
+                self.validate_and_keep_best(step + 1)
+
+    def validate(self) -> dict:
+        """Evaluate the current weights on the validation split; returns {scorer: metrics} (rank 0 only)."""
+        from .evaluation import open_benchmark, run_benchmark, summarize
+        from .inference import GSVAPredictor
+
+        r = self.recipe
+        if not hasattr(self, "_val_benchmark"):
+            self._val_benchmark = open_benchmark("grefcoco", r.data_root, r.val_split)
+        scorer = r.best_metric.split(".")[0]
+        was_training = self.model.training
+        try:
+            predictor = GSVAPredictor(self.model, self.tokenizer)
+            with torch.no_grad():
+                rows = run_benchmark(self._val_benchmark, predictor, r.val_protocol, limit=r.val_limit,
+                                     batch_size=8 if r.val_protocol == "teacher-forced" else 1)
+            return summarize(rows, "grefcoco", tuple(dict.fromkeys(("rela", scorer))))["scorers"]
+        finally:
+            self.model.train(was_training)
+
+    def validate_and_keep_best(self, step: int) -> float | None:
+        """Validate (rank 0) and write ``checkpoints/best`` when ``best_metric`` improved. Returns the metric."""
+        value = None
+        if self.rank == 0:
+            scorer, metric = self.recipe.best_metric.split(".")
+            results = self.validate()
+            if metric not in results.get(scorer, {}):
+                raise ConfigError(f"best_metric {self.recipe.best_metric!r}: {scorer} reports "
+                                  f"{', '.join(results.get(scorer, {}))}")
+            value = results[scorer][metric]
+            logger.info("step %d validation (%s, %s images): %s", step, self.recipe.val_protocol,
+                        self.recipe.val_limit or "all", ", ".join(f"{k} {v:.4f}" for k, v in results["rela"].items()
+                                                                  if isinstance(v, float)))
+            best = self.output_dir / "checkpoints" / "best"
+            previous = json.loads((best / "trainer_state.json").read_text())["value"] \
+                if (best / "trainer_state.json").exists() else None
+            if value is not None and (previous is None or value > previous):
+                save_model(self.model, self.tokenizer, best)
+                (best / "trainer_state.json").write_text(json.dumps(
+                    {"step": step, "metric": self.recipe.best_metric, "value": value, "validation": results},
+                    indent=2))
+                logger.info("new best %s = %.4f at step %d -> %s", self.recipe.best_metric, value, step, best)
+        if self.engine is not None:
+            torch.distributed.barrier()
+        return value
 
     def _zero_loss(self) -> torch.Tensor:
         """A finite zero loss touching every trainable parameter (its gradient is zero everywhere)."""

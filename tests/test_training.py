@@ -121,3 +121,45 @@ def test_non_finite_losses_skip_the_update_then_stop_the_run(tmp_path, synth_roo
     assert next(logs).skipped and next(logs).skipped
     with pytest.raises(RuntimeError, match="non-finite loss in 3 consecutive steps .* max_bad_steps=2"):
         next(logs)
+
+
+@pytest.mark.slow
+def test_validation_keeps_the_best_checkpoint(tmp_path, synth_root):
+    from PIL import Image
+
+    from gsva.checkpoint import load_model
+    from gsva.cli import main as gsva_main
+
+    recipe = load_recipe(_recipe(tmp_path, synth_root, max_steps=4, save_every=100, val_split="val", val_every=2,
+                                 val_limit=2, keep_last=1))
+    trainer = Trainer(recipe)
+    values = []
+    original = trainer.validate_and_keep_best
+
+    def spy(step):
+        values.append((step, original(step)))
+        return values[-1][1]
+
+    trainer.validate_and_keep_best = spy
+    list(trainer.steps())
+    assert [s for s, _ in values] == [2, 4]
+    best = tmp_path / "run" / "checkpoints" / "best"
+    state = json.loads((best / "trainer_state.json").read_text())
+    assert state["metric"] == "rela.gIoU" and state["value"] == max(v for _, v in values)
+    assert state["step"] == max(values, key=lambda sv: (sv[1], -sv[0]))[0]
+    assert "rela" in state["validation"] and latest_checkpoint(tmp_path / "run").name == "step_0000004"
+    load_model(best)
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    assert gsva_main(["predict", "--model", str(best), "--image", str(tmp_path / "img.png"), "--query", "the star",
+                      "--out", str(tmp_path / "pred")]) == 0
+
+
+def test_validation_settings_are_checked(tmp_path, synth_root):
+    from gsva.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs val_split"):
+        load_recipe(_recipe(tmp_path, synth_root, val_every=5))
+    with pytest.raises(ConfigError, match="best_metric"):
+        load_recipe(_recipe(tmp_path, synth_root, best_metric="gIoU"))
+    with pytest.raises(ConfigError, match="val_protocol"):
+        load_recipe(_recipe(tmp_path, synth_root, val_protocol="oracle"))
