@@ -62,6 +62,8 @@ class TrainRecipe:
     gRefCOCO-format split of ``data_root``) are evaluated with ``val_protocol`` (:mod:`gsva.evaluation`); the
     checkpoint with the highest ``best_metric`` ("<scorer>.<metric>", e.g. "rela.gIoU") is kept in
     ``checkpoints/best`` besides the last ``keep_last`` step checkpoints.
+    Logging: ``tensorboard`` writes losses, learning rate and validation metrics to ``<output_dir>/tensorboard``;
+    ``wandb_project`` also sends them to Weights & Biases (needs ``wandb`` installed and configured).
     """
 
     model: str = "gsva-tiny"
@@ -97,6 +99,8 @@ class TrainRecipe:
     val_limit: int | None = 50
     val_protocol: str = "teacher-forced"
     best_metric: str = "rela.gIoU"
+    tensorboard: bool = True
+    wandb_project: str | None = None
 
     def validate(self) -> "TrainRecipe":
         if self.precision not in ("fp32", "bf16"):
@@ -256,6 +260,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         elif resume is not None and not use_deepspeed:
             logger.warning("%s has no optimizer state: AdamW moments restart from zero", resume)
+        self.validation_history: list[tuple[int, dict]] = []
         self.engine = None
         if use_deepspeed:
             self._init_deepspeed(resume)
@@ -384,6 +389,7 @@ class Trainer:
                 raise ConfigError(f"best_metric {self.recipe.best_metric!r}: {scorer} reports "
                                   f"{', '.join(results.get(scorer, {}))}")
             value = results[scorer][metric]
+            self.validation_history.append((step, results))
             logger.info("step %d validation (%s, %s images): %s", step, self.recipe.val_protocol,
                         self.recipe.val_limit or "all", ", ".join(f"{k} {v:.4f}" for k, v in results["rela"].items()
                                                                   if isinstance(v, float)))

@@ -163,3 +163,20 @@ def test_validation_settings_are_checked(tmp_path, synth_root):
         load_recipe(_recipe(tmp_path, synth_root, best_metric="gIoU"))
     with pytest.raises(ConfigError, match="val_protocol"):
         load_recipe(_recipe(tmp_path, synth_root, val_protocol="oracle"))
+
+
+@pytest.mark.slow
+def test_pretrain_script_writes_tensorboard_scalars(tmp_path, synth_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sys.path.insert(0, str(REPO / "train"))
+    import pretrain
+
+    recipe = _recipe(tmp_path, synth_root, max_steps=2, save_every=100, val_split="val", val_every=2, val_limit=1)
+    assert pretrain.main(["--config", str(recipe)]) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/skipped", "val/rela/gIoU"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in events.Scalars("val/rela/gIoU")] == [2]

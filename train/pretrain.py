@@ -15,6 +15,7 @@ A run resumes by itself from the newest complete checkpoint in ``output_dir``. T
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -29,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from gsva.checkpoint import save_model  # noqa: E402
 from gsva.engine import Trainer, load_recipe  # noqa: E402
+from gsva.train_logging import MetricsLogger  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,15 +49,29 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(recipe, use_deepspeed=use_deepspeed)
     log = logging.getLogger("train")
     bar = tqdm(total=recipe.max_steps, initial=trainer.start_step, disable=trainer.rank != 0, dynamic_ncols=True)
+    metrics = None
+    if trainer.rank == 0:
+        metrics = MetricsLogger(Path(recipe.output_dir) / "tensorboard" if recipe.tensorboard else None,
+                                recipe.wandb_project, dataclasses.asdict(recipe))
+    logged_validations = 0
     start = time.time()
     for entry in trainer.steps():
         bar.update(1)
+        if metrics is not None:
+            metrics.step(entry)
+            for step, results in trainer.validation_history[logged_validations:]:
+                metrics.validation(step, results)
+            logged_validations = len(trainer.validation_history)
         bar.set_postfix(loss=f"{entry.loss:.3f}", ce=f"{entry.ce:.3f}", lr=f"{entry.lr:.2e}")
         if trainer.rank == 0 and (entry.step % recipe.log_every == 0 or entry.step == recipe.max_steps):
             log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f point %.4f lr %.3e masks %d (%.1f s)", entry.step,
                      entry.loss, entry.ce, entry.mask_bce, entry.mask_dice, entry.point_mask, entry.lr,
                      entry.num_masks, time.time() - start)
     bar.close()
+    if metrics is not None:
+        for step, results in trainer.validation_history[logged_validations:]:  # a validation after the last step
+            metrics.validation(step, results)
+        metrics.close()
     if trainer.rank == 0:
         final = save_model(trainer.model, trainer.tokenizer, Path(recipe.output_dir) / "final")
         log.info("final model written to %s", final)
