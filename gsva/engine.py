@@ -36,6 +36,7 @@ from .conversation import ANSWER_STARTS, ANSWER_TEMPLATES, QUESTION_TEMPLATES, S
 from .data.collate import collate
 from .data.describe import describe_texts
 from .data.grefcoco import GRefCOCO
+from .data.refer import default_image_dir
 from .data.gres_dataset import GRESConversationDataset, worker_init_fn
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens
@@ -52,8 +53,11 @@ class TrainRecipe:
 
     model: a named config; ``gsva-tiny`` is built from scratch, the paper configs from ``llava_path`` (HF-format
     LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
-    data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations, ``<root>/images``), ``train_split``.
+    data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations; images under ``image_root``, default
+    ``<root>/images/mscoco/images/train2014`` as GSVA's ``refer_seg`` layout, else ``<root>/images``), ``train_split``.
     Batch: ``batch_size`` per process x ``grad_accum`` x processes = global batch.
+    Length: ``max_steps`` optimizer steps (the paper's pre-training), or ``epochs`` full passes over the training
+    images (the paper's fine-tuning, appendix Table A3), which then sets the step count.
     ``caption_rate``: share of training items that are describe-the-scene conversations instead of GRES ones
     (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch).
     ``max_bad_steps``: a step whose loss is NaN/inf is skipped (no update) and logged; more than this many in a row
@@ -72,6 +76,7 @@ class TrainRecipe:
     sam_checkpoint: str | None = None
     model_overrides: dict = field(default_factory=dict)
     data_root: str = "data/synth"
+    image_root: str | None = None
     train_split: str = "train"
     max_targets: int = 5
     caption_rate: float = 0.0
@@ -79,6 +84,7 @@ class TrainRecipe:
     output_dir: str = "runs/gsva-tiny"
     seed: int = 0
     max_steps: int = 1000
+    epochs: int | None = None
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-4
@@ -113,6 +119,8 @@ class TrainRecipe:
             raise ConfigError("caption_rate must be in [0, 1)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ConfigError("warmup_steps must be >= 0 and lr > 0")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError("epochs must be >= 1 (or null to train for max_steps)")
         if self.val_every < 0 or (self.val_every and not self.val_split):
             raise ConfigError("val_every must be >= 0, and needs val_split")
         if self.val_protocol not in ("teacher-forced", "generate"):
@@ -233,7 +241,7 @@ class Trainer:
         if recipe.torch_threads:
             torch.set_num_threads(recipe.torch_threads)
         root = Path(recipe.data_root)
-        self.gref = GRefCOCO(root / "grefcoco", root / "images")
+        self.gref = GRefCOCO(root / "grefcoco", recipe.image_root or default_image_dir(root, "grefcoco"))
         self.output_dir = Path(recipe.output_dir)
         self.start_step = 0
         resume = latest_checkpoint(self.output_dir)
@@ -244,6 +252,16 @@ class Trainer:
         else:
             self.model, self.tokenizer = build_model_and_tokenizer(recipe, self.gref)
         self.model.train()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.dataset = GRESConversationDataset(self.gref, recipe.train_split, self.tokenizer,
+                                               add_control_tokens(self.tokenizer), self.model.config,
+                                               max_targets=recipe.max_targets, seed=recipe.seed,
+                                               caption_rate=recipe.caption_rate)
+        if recipe.epochs is not None:
+            per_epoch = max(1, self._batches_per_epoch() // recipe.grad_accum)
+            recipe = self.recipe = dataclasses.replace(recipe, max_steps=recipe.epochs * per_epoch)
+            logger.info("%d epochs x %d steps = %d steps", recipe.epochs, per_epoch, recipe.max_steps)
         names = set_trainable(self.model, self.model.config.trainable)
         params = [p for p in self.model.parameters() if p.requires_grad]
         logger.info("trainable: %d tensors, %.2fM of %.2fM parameters", len(names),
@@ -264,12 +282,6 @@ class Trainer:
         self.engine = None
         if use_deepspeed:
             self._init_deepspeed(resume)
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.dataset = GRESConversationDataset(self.gref, recipe.train_split, self.tokenizer,
-                                               add_control_tokens(self.tokenizer), self.model.config,
-                                               max_targets=recipe.max_targets, seed=recipe.seed,
-                                               caption_rate=recipe.caption_rate)
 
     def _init_deepspeed(self, resume: Path | None) -> None:
         import deepspeed
@@ -290,11 +302,13 @@ class Trainer:
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load its checkpoint from {resume / 'deepspeed'}")
 
+    def _batches_per_epoch(self) -> int:
+        """Micro-batches per process in one pass over the training images (the sampler drops the remainder)."""
+        return max(1, (len(self.dataset) // self.world) // self.recipe.batch_size)
+
     def _batches(self, skip: int = 0) -> Iterator:
         """Endless batches, epoch after epoch; the first ``skip`` batches are skipped without being loaded."""
-        epoch = 0
-        per_epoch = max(1, (len(self.dataset) // self.world) // self.recipe.batch_size)
-        epoch, skip = divmod(skip, per_epoch)
+        epoch, skip = divmod(skip, self._batches_per_epoch())
         while True:
             self.dataset.set_epoch(epoch)
             sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
@@ -367,7 +381,7 @@ class Trainer:
 
         r = self.recipe
         if not hasattr(self, "_val_benchmark"):
-            self._val_benchmark = open_benchmark("grefcoco", r.data_root, r.val_split)
+            self._val_benchmark = open_benchmark("grefcoco", r.data_root, r.val_split, r.image_root)
         scorer = r.best_metric.split(".")[0]
         was_training = self.model.training
         try:

@@ -180,3 +180,21 @@ def test_pretrain_script_writes_tensorboard_scalars(tmp_path, synth_root):
     assert {"train/loss", "train/lr", "train/skipped", "val/rela/gIoU"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("val/rela/gIoU")] == [2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "train" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert (recipe.betas, recipe.weight_decay, recipe.grad_clip) == ([0.9, 0.95], 0.0, 1.0)
+    if "_ft_grefcoco" in path.name:  # appendix Table A3, fine-tuning on GRES
+        assert (recipe.lr, recipe.epochs, recipe.batch_size, recipe.grad_accum, recipe.warmup_steps) == \
+            (1e-4, 10, 2, 10, 100)
+        assert recipe.precision == "bf16" and recipe.deepspeed_config == "ds_configs/zero2.json"
+
+
+def test_epochs_set_the_step_count(tmp_path, synth_root):
+    trainer = Trainer(load_recipe(_recipe(tmp_path, synth_root, epochs=2, batch_size=4, grad_accum=2)))
+    images = len(trainer.dataset)
+    assert trainer.recipe.max_steps == 2 * max(1, (images // 4) // 2)
+    with pytest.raises(Exception, match="epochs must be >= 1"):
+        load_recipe(_recipe(tmp_path, synth_root, epochs=0))

@@ -33,7 +33,8 @@ import numpy as np
 from .masks import decode_segmentation
 from .safe_pickle import UnsafePickleError, load_plain_pickle
 
-__all__ = ["AnnotationError", "Expression", "ImageRecord", "ReferDataset", "read_json", "refzom_split_match"]
+__all__ = ["AnnotationError", "Expression", "ImageRecord", "ReferDataset", "read_json", "refzom_split_match",
+           "default_image_dir"]
 
 
 class AnnotationError(ValueError):
@@ -94,6 +95,20 @@ def _read_refs(path: Path):
         except UnsafePickleError as exc:
             raise AnnotationError(str(exc)) from None
     return read_json(path)
+
+
+def default_image_dir(root: str | Path, dataset: str) -> Path:
+    """Where a dataset's images are under a GSVA ``refer_seg`` folder: ``images/mscoco/images/train2014``
+    (Ref-ZOM: ``trainval2014`` when present; RefCLEF: ``images/saiapr_tc-12``), else the flat ``images/``."""
+    root = Path(root)
+    mscoco = root / "images" / "mscoco" / "images"
+    if dataset == "refclef":
+        candidates = [root / "images" / "saiapr_tc-12"]
+    elif dataset == "refzom":
+        candidates = [mscoco / "trainval2014", mscoco / "train2014"]
+    else:
+        candidates = [mscoco / "train2014"]
+    return next((p for p in candidates + [root / "images"] if p.exists()), candidates[0])
 
 
 def refzom_split_match(wanted: str, split: str) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.reasonseg import ReasonSeg
-from ..data.refer import AnnotationError, ReferDataset, refzom_split_match
+from ..data.refer import AnnotationError, ReferDataset, default_image_dir, refzom_split_match
 
 __all__ = ["EvalExpression", "EvalImage", "Benchmark", "open_benchmark", "DATASETS"]
 
@@ -83,17 +83,6 @@ def _first_existing(paths: list[Path]) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
-def _refer_images(root: Path, dataset: str) -> Path:
-    mscoco = root / "images" / "mscoco" / "images"
-    if dataset == "refclef":
-        candidates = [root / "images" / "saiapr_tc-12"]
-    elif dataset == "refzom":
-        candidates = [mscoco / "trainval2014", mscoco / "train2014"]
-    else:
-        candidates = [mscoco / "train2014"]
-    return _first_existing(candidates + [root / "images"]) or candidates[0]
-
-
 def open_benchmark(dataset: str, data_root: str | Path, split: str, image_root: str | Path | None = None,
                    refs_file: str | None = None) -> Benchmark:
     """Open ``dataset``'s ``split`` under ``data_root`` (layout in the module docstring).
@@ -121,7 +110,7 @@ def open_benchmark(dataset: str, data_root: str | Path, split: str, image_root: 
     refs_path = _first_existing([folder / n for n in names])
     if refs_path is None:
         raise AnnotationError(f"{folder}: no refs file ({' or '.join(names)})")
-    source = ReferDataset(refs_path, folder / "instances.json", image_root or _refer_images(root, dataset),
+    source = ReferDataset(refs_path, folder / "instances.json", image_root or default_image_dir(root, dataset),
                           split_match=refzom_split_match if dataset == "refzom" else None)
     images = [EvalImage(rec.image_id, source.image_path(rec), rec.height, rec.width,
                         tuple(EvalExpression(e.sent_id, e.sentence, e.no_target, False, e.ann_ids)
