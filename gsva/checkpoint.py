@@ -30,8 +30,8 @@ from .config import ConfigError, GSVAConfig
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens, control_token_ids
 
-__all__ = ["CheckpointError", "save_model", "load_model", "load_tokenizer", "load_weights", "WEIGHTS_NAME",
-           "INDEX_NAME", "CONFIG_NAME"]
+__all__ = ["CheckpointError", "save_model", "load_model", "load_tokenizer", "load_weights", "load_pickled_state_dict",
+           "WEIGHTS_NAME", "INDEX_NAME", "CONFIG_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,25 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
     model.load_state_dict(state, strict=True)
     model.to(device=device, dtype=dtype).eval()
     return model, tokenizer
+
+
+def load_pickled_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """A released ``.pth``/``.bin`` state dict, read with ``torch.load(weights_only=True)`` (no code runs).
+
+    Raises :class:`CheckpointError` naming the file (and ``what`` it should be) when it is missing, unreadable,
+    names anything but tensors and containers, or is not a dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        raise CheckpointError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
 
 
 def load_weights(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path]:

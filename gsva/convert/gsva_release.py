@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, check_state_dict, save_model
+from ..checkpoint import CheckpointError, check_state_dict, load_pickled_state_dict, save_model
 from ..config import GSVAConfig, get_named_config
 
 __all__ = ["map_release_key", "convert_gsva_release"]
@@ -109,14 +109,7 @@ def convert_gsva_release(weights: str | Path, llava_dir: str | Path, sam_checkpo
     weights, out = Path(weights), Path(out)
     if isinstance(config, str):
         config = GSVAConfig.load(config) if config.endswith(".json") else get_named_config(config)
-    try:
-        raw = torch.load(weights, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{weights} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise CheckpointError(f"{weights}: cannot read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"{weights}: expected a state dict of tensors")
+    raw = load_pickled_state_dict(weights, "release weights")
     release = {k[len("base_model.model."):] if k.startswith("base_model.model.") else k: v for k, v in raw.items()}
     ranks = {int(v.shape[0]) for k, v in release.items() if k.endswith("lora_A.default.weight")}
     if len(ranks) > 1:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, load_pickled_state_dict
 from ..config import TextConfig, VisionConfig
 
 __all__ = ["LLAVA_BASE_CONFIG", "read_weights", "convert_llava_v1", "load_llava_base", "llava_v1_key_map"]
@@ -50,15 +50,12 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     sharded forms with ``*.index.json``. ``.bin`` files go through ``torch.load(weights_only=True)``.
     Raises :class:`CheckpointError` naming the file."""
     def load(path: Path) -> dict[str, torch.Tensor]:
+        if path.suffix != ".safetensors":
+            return load_pickled_state_dict(path)
         try:
-            if path.suffix == ".safetensors":
-                return load_file(str(path))
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-        return state
 
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (folder / single).is_file():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, load_pickled_state_dict
 from ..config import SamConfig
 
 __all__ = ["SAM_VARIANTS", "SAM_RELEASE_FILES", "read_sam_checkpoint", "sam_config_from_state_dict", "load_sam"]
@@ -49,17 +49,7 @@ SAM_RELEASE_FILES = {"sam_vit_h_4b8939.pth": "vit_h", "sam_vit_l_0b3195.pth": "v
 
 def read_sam_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` of a SAM state dict. Raises :class:`CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise CheckpointError(f"{path}: cannot read the SAM checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    return state
+    return load_pickled_state_dict(path, "SAM checkpoint")
 
 
 def _count(state: dict, prefix: str) -> int:

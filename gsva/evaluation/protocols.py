@@ -17,12 +17,13 @@ rejected), so every scorer can apply its own rule.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..conversation import Piece, Turn, normalize_phrase, render_conversation
+from ..conversation import Piece, Turn, normalize_phrase, render_conversation, tokenize_pieces
 from ..data.collate import collate, encode_sample
 from ..inference import Answer, EncodedImage, GSVAPredictor
 from ..modeling.seg_tokens import locate_slots
@@ -96,13 +97,21 @@ def teacher_forced_outcomes(predictor: GSVAPredictor, conversations: list[tuple[
     """
     model, tok, ids = predictor.model, predictor.tokenizer, predictor.ids
     cfg = model.config
-    samples = [encode_sample(image, render_conversation([Turn(q, answer)], cfg.use_im_start_end), None, tok, ids, cfg)
-               for image, q, answer, _ in conversations]
+    samples, first = [], {}  # conversations about the same image (the same array object) share one preprocessing
+    for image, q, answer, _ in conversations:
+        pieces = render_conversation([Turn(q, answer)], cfg.use_im_start_end)
+        if id(image) in first:
+            token_ids, labels = tokenize_pieces(pieces, tok, ids, cfg.num_image_tokens, cfg.max_length)
+            samples.append(dataclasses.replace(first[id(image)], input_ids=torch.tensor(token_ids),
+                                               labels=torch.tensor(labels)))
+        else:
+            samples.append(first.setdefault(id(image), encode_sample(image, pieces, None, tok, ids, cfg)))
     batch = collate(samples, ids.pad).to(model.device, model.dtype)
-    # conversations about the same image (the same array object) share one pass of each image encoder
-    first: dict[int, int] = {}
-    row_image = torch.tensor([first.setdefault(id(c[0]), len(first)) for c in conversations], device=model.device)
-    unique = [next(r for r, c in enumerate(conversations) if id(c[0]) == key) for key in first]
+    # ... and one pass of each image encoder
+    image_number: dict[int, int] = {}
+    row_image = torch.tensor([image_number.setdefault(id(c[0]), len(image_number)) for c in conversations],
+                             device=model.device)
+    unique = [next(r for r, c in enumerate(conversations) if id(c[0]) == key) for key in image_number]
     feats = model.image_features(batch.clip_pixels[unique])[row_image]
     hidden, _ = model.language_forward(model.embed_inputs(batch.input_ids, feats), batch.attention_mask)
     slots = locate_slots(batch.input_ids, ids.seg, ids.rej)
