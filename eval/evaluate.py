@@ -1,6 +1,6 @@
 """Evaluate a GSVA model on a referring-segmentation benchmark.
 
-    python eval/evaluate.py --dataset grefcoco|refzom|reasonseg|refcoco|refcoco+|refcocog|refclef \
+    python eval/evaluate.py --dataset grefcoco|refzom|reasonseg|refcoco|refcoco+|refcocog|refclef|custom \
         --data-root DIR --split SPLIT --out DIR [--model DIR] [--protocol generate|teacher-forced|both] \
         [--prompt-mode per-expression|per-image] [--prompt-style ours|official] [--batch-size B] [--limit N] \
         [--scorers rela,gsva,...] [--dmmi-resize 480] [--image-root DIR] [--refs-file NAME]

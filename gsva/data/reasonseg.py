@@ -113,3 +113,21 @@ class ReasonSeg:
         """(target, ignore) masks, (height, width) bool, of ``record`` at the image's size."""
         anno = self._read(record.json_path)
         return rasterize_shapes(anno["shapes"], height, width, where=f"{record.json_path}: ")
+
+
+def read_explanations(path: str | Path) -> dict[str, str]:
+    """ReasonSeg's ``explanatory/train.json`` ([{``image``, ``query``, ``outputs``}]) as {image file name: outputs}.
+
+    Raises :class:`AnnotationError` naming the file and entry when it is malformed.
+    """
+    path = Path(path)
+    items = read_json(path, encodings=("utf-8", "cp1252"))
+    if not isinstance(items, list):
+        raise AnnotationError(f"{path}: expected a list of {{image, query, outputs}}")
+    out = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("image"), str) \
+                or not isinstance(item.get("outputs"), str):
+            raise AnnotationError(f"{path}: entry #{i} needs 'image' and 'outputs' strings")
+        out[item["image"]] = item["outputs"].strip()
+    return out

@@ -34,7 +34,17 @@ from .masks import decode_segmentation
 from .safe_pickle import UnsafePickleError, load_plain_pickle
 
 __all__ = ["AnnotationError", "Expression", "ImageRecord", "ReferDataset", "read_json", "refzom_split_match",
-           "default_image_dir"]
+           "default_image_dir", "REFS_FILES", "open_refer_dataset", "open_custom_dataset"]
+
+REFS_FILES = {
+    "grefcoco": ("grefs(unc).p", "grefs(unc).json"),
+    "refcoco": ("refs(unc).p",),
+    "refcoco+": ("refs(unc).p",),
+    "refcocog": ("refs(umd).p", "refs(google).p"),
+    "refclef": ("refs(unc).p", "refs(berkeley).p"),
+    "refzom": ("Ref_ZOM.p", "refs(final).p"),
+}
+"""Refs files looked for in ``<refer_seg>/<dataset>/``, first match wins (official loaders force ``unc``/``umd``)."""
 
 
 class AnnotationError(ValueError):
@@ -128,17 +138,21 @@ class ReferDataset:
         refs_path: the refs file (``.json`` or ``.p``). instances_path: its ``instances.json``.
         image_dir: folder the ``instances.json`` ``file_name`` s are relative to.
         split_match: ``(wanted, ref_split) -> bool``; default equality.
+        refs: the refs already read (``refs_path`` then only names them in messages). name: dataset name (default:
+        the refs file's folder name).
     Raises :class:`AnnotationError` naming the file and record for any structural problem.
     """
 
     def __init__(self, refs_path: str | Path, instances_path: str | Path, image_dir: str | Path,
-                 split_match: Callable[[str, str], bool] | None = None) -> None:
+                 split_match: Callable[[str, str], bool] | None = None, refs: list | None = None,
+                 name: str | None = None) -> None:
         refs_path, inst_path = Path(refs_path), Path(instances_path)
         self.refs_path, self.instances_path = refs_path, inst_path
         self.ann_dir = refs_path.parent
+        self.name = name or refs_path.parent.name
         self.image_dir = Path(image_dir)
         self._split_match = split_match or (lambda wanted, split: wanted == split)
-        refs = _read_refs(refs_path)
+        refs = _read_refs(refs_path) if refs is None else refs
         inst = read_json(inst_path)
         if not isinstance(refs, list):
             raise AnnotationError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
@@ -229,3 +243,53 @@ class ReferDataset:
             except ValueError as exc:
                 raise AnnotationError(f"{self.instances_path}: annotation {a}: {exc}") from None
         return out
+
+
+def open_refer_dataset(refer_root: str | Path, dataset: str, image_root: str | Path | None = None,
+                       refs_file: str | None = None) -> ReferDataset:
+    """Open ``<refer_root>/<dataset>`` (GSVA ``refer_seg`` layout, :data:`REFS_FILES`); images under ``image_root``
+    or :func:`default_image_dir`. Raises ValueError for an unknown dataset, AnnotationError for missing files."""
+    root = Path(refer_root)
+    if dataset not in REFS_FILES:
+        raise ValueError(f"unknown referring dataset {dataset!r}; known: {', '.join(REFS_FILES)}")
+    folder = root / dataset
+    names = (refs_file,) if refs_file else REFS_FILES[dataset]
+    refs_path = next((folder / n for n in names if (folder / n).exists()), None)
+    if refs_path is None:
+        raise AnnotationError(f"{folder}: no refs file ({' or '.join(names)})")
+    return ReferDataset(refs_path, folder / "instances.json", image_root or default_image_dir(root, dataset),
+                        split_match=refzom_split_match if dataset == "refzom" else None, name=dataset)
+
+
+def open_custom_dataset(folder: str | Path, image_root: str | Path | None = None) -> ReferDataset:
+    """Open a dataset in our documented custom format (README, "Fine-tuning on your own data")::
+
+        <folder>/instances.json    COCO: images [{id, file_name, height, width}],
+                                   annotations [{id, image_id, segmentation (polygons or RLE), iscrowd?}]
+        <folder>/expressions.json  [{"image_id": 1, "sentences": ["the red cup", ...] (or "sentence": "..."),
+                                    "ann_ids": [3, 4] ([] = the expression refers to nothing), "split": "train"}]
+        <folder>/images/<file_name>
+
+    Each entry becomes a gRefCOCO-style ref (``ann_ids == []`` is a no-target expression, answered ``[REJ]``).
+    Raises AnnotationError naming the file and entry for anything malformed.
+    """
+    folder = Path(folder)
+    path = folder / "expressions.json"
+    entries = read_json(path)
+    if not isinstance(entries, list) or not entries:
+        raise AnnotationError(f"{path}: expected a non-empty list of expressions")
+    refs = []
+    for i, e in enumerate(entries):
+        where = f"{path}: entry #{i}"
+        if not isinstance(e, dict) or "image_id" not in e or "split" not in e:
+            raise AnnotationError(f"{where} needs image_id, split and sentences (or sentence)")
+        sentences = e.get("sentences", [e["sentence"]] if "sentence" in e else None)
+        if not isinstance(sentences, list) or not sentences or not all(isinstance(t, str) and t.strip()
+                                                                      for t in sentences):
+            raise AnnotationError(f"{where}: 'sentences' must be a non-empty list of non-empty strings")
+        ann_ids = e.get("ann_ids", [])
+        if not isinstance(ann_ids, list) or not all(isinstance(a, int) and a >= 0 for a in ann_ids):
+            raise AnnotationError(f"{where}: 'ann_ids' must be a list of annotation ids ([] = no target)")
+        refs.append({"ref_id": i, "image_id": e["image_id"], "ann_id": ann_ids or [-1], "split": str(e["split"]),
+                     "sentences": [{"sent": t.strip(), "sent_id": f"{i}:{k}"} for k, t in enumerate(sentences)]})
+    return ReferDataset(path, folder / "instances.json", image_root or folder / "images", refs=refs, name="custom")

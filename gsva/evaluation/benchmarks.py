@@ -10,6 +10,8 @@
     <root>/images/...                                 (flat layout, e.g. data/synth)
     <root>/reason_seg/ReasonSeg/<split>/*.jpg|json    (or <root>/ReasonSeg/<split>, or <root>/<split>)
 
+``custom``: ``data_root`` is a folder in our custom format (:func:`gsva.data.refer.open_custom_dataset`).
+
 ``image_root`` overrides the image folder.
 """
 
@@ -21,21 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.reasonseg import ReasonSeg
-from ..data.refer import AnnotationError, ReferDataset, default_image_dir, refzom_split_match
+from ..data.refer import AnnotationError, open_custom_dataset, open_refer_dataset
 
 __all__ = ["EvalExpression", "EvalImage", "Benchmark", "open_benchmark", "DATASETS"]
 
-DATASETS = ("grefcoco", "refzom", "reasonseg", "refcoco", "refcoco+", "refcocog", "refclef")
-
-_REFS_FILES = {
-    "grefcoco": ("grefs(unc).p", "grefs(unc).json"),
-    "refcoco": ("refs(unc).p",),
-    "refcoco+": ("refs(unc).p",),
-    "refcocog": ("refs(umd).p", "refs(google).p"),
-    "refclef": ("refs(unc).p", "refs(berkeley).p"),
-    "refzom": ("Ref_ZOM.p", "refs(final).p"),
-}
-
+DATASETS = ("grefcoco", "refzom", "reasonseg", "refcoco", "refcoco+", "refcocog", "refclef", "custom")
 
 @dataclass(frozen=True)
 class EvalExpression:
@@ -105,13 +97,10 @@ def open_benchmark(dataset: str, data_root: str | Path, split: str, image_root: 
                                   for k, t in enumerate(r.texts)))
                   for r in source.records()]
         return Benchmark(dataset, split, images, source)
-    folder = root / dataset
-    names = (refs_file,) if refs_file else _REFS_FILES[dataset]
-    refs_path = _first_existing([folder / n for n in names])
-    if refs_path is None:
-        raise AnnotationError(f"{folder}: no refs file ({' or '.join(names)})")
-    source = ReferDataset(refs_path, folder / "instances.json", image_root or default_image_dir(root, dataset),
-                          split_match=refzom_split_match if dataset == "refzom" else None)
+    if dataset == "custom":
+        source = open_custom_dataset(root, image_root)
+    else:
+        source = open_refer_dataset(root, dataset, image_root, refs_file)
     images = [EvalImage(rec.image_id, source.image_path(rec), rec.height, rec.width,
                         tuple(EvalExpression(e.sent_id, e.sentence, e.no_target, False, e.ann_ids)
                               for e in rec.expressions))

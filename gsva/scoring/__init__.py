@@ -39,6 +39,7 @@ DEFAULT_SCORERS: dict[str, tuple[str, ...]] = {
     "refcoco+": ("lisa", "rec"),
     "refcocog": ("lisa", "rec"),
     "refclef": ("lisa", "rec"),
+    "custom": ("rela", "gsva", "rec"),  # our custom format is GRES (no-target expressions allowed)
 }
 """The scorers that apply to each dataset, the benchmark's own first."""
 
