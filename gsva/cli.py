@@ -1,4 +1,5 @@
-"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva predict`` (one image, one query),
+"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva standins`` (tiny stand-ins of every
+pre-training dataset in the official layout), ``gsva predict`` (one image, one query),
 ``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``) and ``gsva export`` (a self-contained
 checkpoint, LoRA optionally merged).
 
@@ -24,6 +25,15 @@ def _synth(args: argparse.Namespace) -> int:
                                       per_image=args.expressions_per_image)
     sys.stdout.write(f"wrote {sum(counts.values())} images to {args.out} "
                      f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})\n")
+    return 0
+
+
+def _standins(args: argparse.Namespace) -> int:
+    from .data.standins import write_paper_standins
+
+    counts = write_paper_standins(args.out, seed=args.seed, images=args.images, refer_images=args.refer_images)
+    sys.stdout.write(f"wrote tiny stand-ins of {len(counts)} datasets to {args.out} "
+                     f"({', '.join(f'{k}: {v}' for k, v in counts.items())} images)\n")
     return 0
 
 
@@ -149,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--expressions-per-image", type=int, default=8)
     p.set_defaults(func=_synth)
+    p = sub.add_parser("standins", help="write tiny stand-ins of every pre-training dataset in the official layout")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=24, help="images per semseg/VQA/ReasonSeg dataset")
+    p.add_argument("--refer-images", type=int, default=120, help="gRefCOCO images (10 %% are val)")
+    p.set_defaults(func=_standins)
     p = sub.add_parser("predict", help="segment the targets a query names in one image")
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--query", required=True)

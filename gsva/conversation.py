@@ -30,6 +30,7 @@ __all__ = [
     "Turn",
     "question_text",
     "answer_pieces",
+    "text_answer_pieces",
     "render_conversation",
     "tokenize_pieces",
     "parse_slot_phrases",
@@ -88,10 +89,12 @@ def question_text(phrases: list[str], rng: random.Random | None = None, template
     return QUESTION_TEMPLATES[idx].format(X=", ".join(phrases).lower())
 
 
-def answer_pieces(phrases: list[str], present: list[bool], style: int) -> list[Piece]:
+def answer_pieces(phrases: list[str], present: list[bool], style: int, sep: str = ANSWER_SEP) -> list[Piece]:
     """Answer pieces for targets ``phrases``; ``present[i]`` selects ``[SEG]`` (True) or ``[REJ]`` (False).
 
-    The answer starts with a space because the generation prompt ends in ``"ASSISTANT:"`` (llava_v1).
+    ``sep`` joins the targets: ", " for referring data, "," for semantic segmentation (official
+    ``refer_seg_dataset.py`` / ``sem_seg_dataset.py``). The answer starts with a space because the generation
+    prompt ends in ``"ASSISTANT:"`` (llava_v1).
     """
     if len(phrases) != len(present) or not phrases:
         raise ValueError("phrases and present must be non-empty and of equal length")
@@ -99,10 +102,29 @@ def answer_pieces(phrases: list[str], present: list[bool], style: int) -> list[P
     prefix, suffix = ANSWER_TEMPLATES[style].split("{n}")
     suffix = suffix.replace(SEG_TOKEN, "")
     for i, (phrase, here) in enumerate(zip(phrases, present)):
-        lead = ANSWER_SEP if i else ""
+        lead = sep if i else ""
         pieces.append(Piece(lead + prefix + phrase + suffix, train=True))
         pieces.append(Piece(control=SEG_TOKEN if here else REJ_TOKEN, train=True))
     pieces.append(Piece(".", train=True))
+    pieces.append(Piece(control="<eos>", train=True))
+    return pieces
+
+
+def text_answer_pieces(template: str, plain: str = "") -> list[Piece]:
+    """Answer pieces for a free-form answer: ``template`` is ours, and each ``"[SEG]"`` in it becomes a mask slot
+    (ReasonSeg's "Sure, [SEG]."); ``plain`` (dataset text: a VQA answer, a ReasonSeg explanation) follows after a
+    space and is always plain text, control-token look-alikes included. The answer starts with a space, as in
+    :func:`answer_pieces`."""
+    pieces = []
+    for i, chunk in enumerate((" " + template).split(SEG_TOKEN) if template else []):
+        if i:
+            pieces.append(Piece(control=SEG_TOKEN, train=True))
+        if chunk:
+            pieces.append(Piece(chunk, train=True))
+    if plain:
+        pieces.append(Piece(" " + plain, train=True))
+    if not pieces:
+        raise ValueError("an answer needs a template or text")
     pieces.append(Piece(control="<eos>", train=True))
     return pieces
 

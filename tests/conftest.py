@@ -70,3 +70,13 @@ def micro_model(tokenizer):
 
     torch.manual_seed(0)
     return GSVAModel(micro_config(), add_control_tokens(tokenizer), len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def standins_root(tmp_path_factory):
+    """Tiny stand-ins of every pre-training dataset in the official layout (6 images each, 40 gRefCOCO images)."""
+    from gsva.data.standins import write_paper_standins
+
+    root = tmp_path_factory.mktemp("standins") / "data"
+    write_paper_standins(root, seed=5, images=6, refer_images=40)
+    return root

@@ -59,6 +59,7 @@ class GRESConversationDataset(Dataset):
         self.seed = seed
         self.caption_rate = caption_rate
         self.epoch = 0
+        self.name = getattr(gref, "name", "grefcoco")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -68,8 +69,15 @@ class GRESConversationDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> EncodedSample:
+        return self.sample(index, random.Random(f"{self.seed}-{index}-{self.epoch}"))
+
+    def texts(self) -> list[str]:
+        """Every expression of the split (for a from-scratch tokenizer)."""
+        return [e.sentence for rec in self.records for e in rec.expressions]
+
+    def sample(self, index: int, rng: random.Random) -> EncodedSample:
+        """The conversation of image ``index`` with the random choices drawn from ``rng``."""
         rec = self.records[index]
-        rng = random.Random(f"{self.seed}-{index}-{self.epoch}")
         image = load_image(self.gref.image_path(rec))
         if image.shape[:2] != (rec.height, rec.width):
             raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
