@@ -111,14 +111,18 @@ def collate(samples: list[EncodedSample], pad_id: int) -> Batch:
         n = s.input_ids.numel()
         ids[i, :n], labels[i, :n], attn[i, :n] = s.input_ids, s.labels, 1
     has_masks = all(s.gt_masks is not None for s in samples)
-    has_points = all(s.point_coords is not None for s in samples)
+    has_points = any(s.point_coords is not None for s in samples)
+    if has_points:  # samples without point prompts (e.g. VQA in a mixed batch) get none, not the batch's
+        point_coords = [s.point_coords if s.point_coords is not None else torch.zeros((0, 2)) for s in samples]
+        point_masks = [s.point_masks if s.point_masks is not None
+                       else torch.zeros((0, *s.original_hw)) for s in samples]
     return Batch(
         input_ids=ids, attention_mask=attn, labels=labels,
         clip_pixels=torch.stack([s.clip_pixels for s in samples]),
         sam_pixels=torch.stack([s.sam_pixels for s in samples]),
         resized_hw=[s.resized_hw for s in samples], original_hw=[s.original_hw for s in samples],
         gt_masks=[s.gt_masks for s in samples] if has_masks else None,
-        point_coords=[s.point_coords for s in samples] if has_points else None,
-        point_masks=[s.point_masks for s in samples] if has_points else None,
+        point_coords=point_coords if has_points else None,
+        point_masks=point_masks if has_points else None,
         meta=[s.meta for s in samples],
     )

@@ -132,44 +132,69 @@ class GSVAModel(nn.Module):
         """Low-res logits (n, 1, 4h, 4w) -> fp32 logits (n, H, W) at the original image size."""
         return sam_postprocess(low_res, self.config.sam.img_size, resized_hw, original_hw)
 
-    def _mask_branch_anchor(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        params = [p for m in (self.seg_projector, self.sam.mask_decoder) for p in m.parameters() if p.requires_grad]
-        return sum(p.sum() for p in params) + image_embeddings.sum()
-
     def point_prompt_loss(self, image_embeddings: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Auxiliary SAM objective (``LossConfig.point_prompt_weight``): masks from one positive point per instance.
 
-        ``image_embeddings`` (B, C, h, w); uses ``batch.point_coords`` / ``batch.point_masks``. Returns 0-dim fp32.
+        ``image_embeddings`` (B, C, h, w); uses ``batch.point_coords`` / ``batch.point_masks`` (None, or images with
+        no point, allowed). Returns 0-dim fp32, 0 when the batch has no point. Like the [SEG] branch, the decoder
+        runs once per image: an image without a point decodes a dummy point at (0, 0) whose output enters the loss
+        multiplied by zero (see :meth:`forward`).
         """
-        counts = [len(c) for c in batch.point_coords]
-        coords = torch.cat(batch.point_coords).to(image_embeddings.device)
-        index = torch.repeat_interleave(torch.arange(len(counts), device=coords.device),
-                                        torch.tensor(counts, device=coords.device))
-        low_res = decode_point_masks(self.sam, image_embeddings, coords, index)
+        b = len(batch.original_hw)
+        device = image_embeddings.device
+        coords = [c.to(device).float() for c in batch.point_coords] if batch.point_coords is not None \
+            else [torch.zeros((0, 2), device=device) for _ in range(b)]
+        counts = [len(c) for c in coords]
+        dummy_rows = [i for i, n in enumerate(counts) if n == 0]
+        all_coords = torch.cat(coords + [torch.zeros((len(dummy_rows), 2), device=device)])
+        index = torch.cat([torch.repeat_interleave(torch.arange(b, device=device), torch.tensor(counts, device=device)),
+                           torch.tensor(dummy_rows, dtype=torch.long, device=device)])
+        low_res_all = decode_point_masks(self.sam, image_embeddings, all_coords, index)
+        n_real = sum(counts)
+        anchor = 0.0 * low_res_all[n_real:].sum().float()
+        if n_real == 0:
+            return anchor
         logits = [self.postprocess(chunk, rhw, ohw)
-                  for chunk, rhw, ohw in zip(low_res.split(counts), batch.resized_hw, batch.original_hw)]
-        return point_prompt_loss(logits, batch.point_masks, self.config.loss)
+                  for chunk, rhw, ohw in zip(low_res_all[:n_real].split(counts), batch.resized_hw, batch.original_hw)]
+        keep = [i for i, n in enumerate(counts) if n]
+        return point_prompt_loss([logits[i] for i in keep], [batch.point_masks[i] for i in keep],
+                                 self.config.loss) + anchor
 
     # -- training forward --------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> GSVAOutput:
-        """Teacher-forced pass over a collated batch; returns logits, [SEG] mask logits and (when labelled) losses."""
+        """Teacher-forced pass over a collated batch; returns logits, [SEG] mask logits and (when labelled) losses.
+
+        Every batch runs the same modules the same number of times, whatever it holds: the [SEG] projector once, the
+        mask decoder once per image (an image without a [SEG] slot, e.g. a VQA sample, decodes one dummy prompt taken
+        at its last position, whose output enters the loss multiplied by zero). Data-parallel ZeRO needs this: stage
+        2 reduces gradients in the order they are produced and stage 3 gathers each module's parameters when it
+        runs, so a VQA batch on one GPU beside a segmentation batch on another must not change the graph.
+        """
         feats = self.image_features(batch.clip_pixels)
         hidden, _ = self.language_forward(self.embed_inputs(batch.input_ids, feats), batch.attention_mask)
         logits = self.lm_logits(hidden)
         slots = locate_slots(batch.input_ids, self.token_ids.seg, self.token_ids.rej)
-        prompts = self.seg_prompts(hidden, slots)
         image_embeddings = self.sam_image_embeddings(batch.sam_pixels)
-        low_res = self.decode_masks(image_embeddings, prompts, slots.batch_index[slots.is_seg])
-        per_image = torch.bincount(slots.batch_index[slots.is_seg], minlength=len(batch.original_hw)).tolist()
+        seg_rows = slots.batch_index[slots.is_seg]
+        n_real = int(seg_rows.numel())
+        per_image = torch.bincount(seg_rows, minlength=len(batch.original_hw)).tolist()
+        dummy_rows = torch.tensor([b for b, n in enumerate(per_image) if n == 0], dtype=torch.long,
+                                  device=seg_rows.device)
+        last = batch.attention_mask.sum(1) - 1  # last real position of each row
+        rows = torch.cat([seg_rows, dummy_rows])
+        positions = torch.cat([slots.predict_position[slots.is_seg], last[dummy_rows]])
+        prompts = self.seg_projector(hidden[rows, positions])
+        low_res_all = self.decode_masks(image_embeddings, prompts, rows)
+        low_res = low_res_all[:n_real]
         mask_logits = [self.postprocess(chunk, rhw, ohw)
                        for chunk, rhw, ohw in zip(low_res.split(per_image), batch.resized_hw, batch.original_hw)]
         loss = None
         if batch.labels is not None and batch.gt_masks is not None:
             loss = gsva_loss(logits, batch.labels, mask_logits, batch.gt_masks, self.config.loss,
                              slot_ids=(self.token_ids.seg, self.token_ids.rej))
-            if len(prompts) == 0:  # no [SEG] here: keep every mask-branch parameter in the graph (ZeRO reductions)
-                loss.total = loss.total + 0.0 * self._mask_branch_anchor(image_embeddings)
-            if self.config.loss.point_prompt_weight > 0 and batch.point_coords is not None:
+            if len(dummy_rows):
+                loss.total = loss.total + 0.0 * low_res_all[n_real:].sum()
+            if self.config.loss.point_prompt_weight > 0:
                 loss.point_mask = self.point_prompt_loss(image_embeddings, batch)
                 loss.total = loss.total + loss.point_mask
         return GSVAOutput(lm_logits=logits, slots=slots, mask_logits=mask_logits, loss=loss)
