@@ -58,17 +58,23 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     return shards
 
 
-def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes: int | None = None) -> Path:
+def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes: int | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None, extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` to ``out_dir`` atomically (an existing directory is replaced).
 
     With ``max_shard_bytes``, weights larger than that are split into shards plus ``model.safetensors.index.json``.
+    ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. gathered from ZeRO-3 partitions;
+    same keys). ``extra_files``: {file name: text} written into the directory before it appears.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.config.save(tmp / CONFIG_NAME)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        source = model.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         meta = {"format": "pt", "gsva_config": model.config.name}
         shards = _shards(state, max_shard_bytes) if max_shard_bytes else [state]
         if len(shards) == 1:

@@ -277,6 +277,8 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name} must be an object")
             kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        elif value is None and "None" in str(fields[name].type):  # an Optional field set to null
+            kwargs[name] = None
         else:
             kwargs[name] = _check_type(value, default, f"{where}.{name}")
     return cls(**kwargs)

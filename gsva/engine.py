@@ -14,6 +14,7 @@ resumes from the newest complete checkpoint in its ``output_dir``, with the data
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import json
 import logging
@@ -21,7 +22,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from .data.describe import describe_texts
 from .data.grefcoco import GRefCOCO
 from .data.refer import default_image_dir
 from .data.gres_dataset import GRESConversationDataset, worker_init_fn
+from .data.mixture import PAPER_FAMILY_WEIGHTS, FullPassDataset, MixtureDataset
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens
 from .trainable import set_trainable
@@ -55,6 +57,12 @@ class TrainRecipe:
     LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations; images under ``image_root``, default
     ``<root>/images/mscoco/images/train2014`` as GSVA's ``refer_seg`` layout, else ``<root>/images``), ``train_split``.
+    Or the paper's mixture: ``datasets`` ({family: [dataset names]}, :mod:`gsva.data.training_mix`; e.g.
+    ``{sem_seg: [ade20k, ...], refer_seg: [refcoco, ...], vqa: [llava_instruct_150k], reason_seg: [ReasonSeg|train]}``)
+    under ``dataset_dir`` (GSVA's ``--dataset_dir`` layout); ``sampling: weighted`` draws families by
+    ``family_weights`` (paper 9:6:3:1; only the families listed are used) for ``max_steps``, ``sampling: full_pass``
+    goes through every record once per epoch; ``explanatory`` is ReasonSeg's explanation-only rate (official 0.1).
+    ``data_root`` then only names the gRefCOCO folder used for validation.
     Batch: ``batch_size`` per process x ``grad_accum`` x processes = global batch.
     Length: ``max_steps`` optimizer steps (the paper's pre-training), or ``epochs`` full passes over the training
     images (the paper's fine-tuning, appendix Table A3), which then sets the step count.
@@ -62,10 +70,13 @@ class TrainRecipe:
     (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch).
     ``max_bad_steps``: a step whose loss is NaN/inf is skipped (no update) and logged; more than this many in a row
     stop the run with an error.
-    Validation: every ``val_every`` steps (0 = never) the first ``val_limit`` images of ``val_split`` (a
-    gRefCOCO-format split of ``data_root``) are evaluated with ``val_protocol`` (:mod:`gsva.evaluation`); the
+    Validation: every ``val_every`` steps (0 = never) the first ``val_limit`` images of ``val_split`` of
+    ``val_dataset`` (``grefcoco``, ``refcoco``, ... or ``custom``: :func:`gsva.evaluation.open_benchmark` under
+    ``data_root``) are evaluated with ``val_protocol`` (:mod:`gsva.evaluation`); the
     checkpoint with the highest ``best_metric`` ("<scorer>.<metric>", e.g. "rela.gIoU") is kept in
     ``checkpoints/best`` besides the last ``keep_last`` step checkpoints.
+    ``gradient_checkpointing``: recompute the LLM's layer activations in the backward pass instead of storing them
+    (less memory, about a third more compute; transformers' ``gradient_checkpointing_enable``).
     Logging: ``tensorboard`` writes losses, learning rate and validation metrics to ``<output_dir>/tensorboard``;
     ``wandb_project`` also sends them to Weights & Biases (needs ``wandb`` installed and configured).
     """
@@ -78,6 +89,11 @@ class TrainRecipe:
     data_root: str = "data/synth"
     image_root: str | None = None
     train_split: str = "train"
+    datasets: dict[str, list[str]] | None = None
+    dataset_dir: str | None = None
+    family_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_FAMILY_WEIGHTS))
+    sampling: str = "weighted"
+    explanatory: float = 0.1
     max_targets: int = 5
     caption_rate: float = 0.0
     tokenizer_vocab_size: int = 1000
@@ -99,8 +115,10 @@ class TrainRecipe:
     keep_last: int = 2
     deepspeed_config: str = "ds_configs/zero2.json"
     torch_threads: int = 0
+    gradient_checkpointing: bool = False
     max_bad_steps: int = 10
     val_split: str | None = None
+    val_dataset: str = "grefcoco"
     val_every: int = 0
     val_limit: int | None = 50
     val_protocol: str = "teacher-forced"
@@ -123,12 +141,40 @@ class TrainRecipe:
             raise ConfigError("epochs must be >= 1 (or null to train for max_steps)")
         if self.val_every < 0 or (self.val_every and not self.val_split):
             raise ConfigError("val_every must be >= 0, and needs val_split")
+        from .evaluation.benchmarks import DATASETS
+
+        if self.val_dataset not in DATASETS:
+            raise ConfigError(f"val_dataset must be one of {', '.join(DATASETS)}")
         if self.val_protocol not in ("teacher-forced", "generate"):
             raise ConfigError("val_protocol must be 'teacher-forced' or 'generate'")
         if self.val_limit is not None and self.val_limit < 1:
             raise ConfigError("val_limit must be >= 1 (or null for the whole split)")
+        if self.datasets is not None:
+            from .data.training_mix import validate_spec
+
+            try:
+                validate_spec(self.datasets)
+            except ValueError as exc:
+                raise ConfigError(f"datasets: {exc}") from None
+            if not self.dataset_dir:
+                raise ConfigError("datasets needs dataset_dir (the folder holding ade20k/, refer_seg/, ...)")
+            missing = [f for f in self.datasets if not self.family_weights.get(f, 0) > 0]
+            if self.sampling == "weighted" and missing:
+                raise ConfigError(f"family_weights needs a weight > 0 for {', '.join(missing)}")
+        if self.sampling not in ("weighted", "full_pass"):
+            raise ConfigError("sampling must be 'weighted' or 'full_pass'")
+        if self.sampling == "weighted" and self.datasets is not None and self.epochs is not None:
+            raise ConfigError("weighted sampling trains for max_steps; use sampling: full_pass with epochs")
+        if not 0.0 <= self.explanatory <= 1.0:
+            raise ConfigError("explanatory must be in [0, 1]")
         if self.best_metric.count(".") != 1:
             raise ConfigError(f"best_metric must be '<scorer>.<metric>', e.g. 'rela.gIoU', got {self.best_metric!r}")
+        from .scoring import SCORERS
+
+        if self.best_metric.split(".")[0] not in SCORERS:
+            raise ConfigError(f"best_metric {self.best_metric!r}: unknown scorer; known: {', '.join(SCORERS)}")
+        if self.datasets is not None and self.caption_rate > 0:
+            raise ConfigError("caption_rate applies to the gRefCOCO-only recipe (datasets: null), not to a mixture")
         return self
 
 
@@ -159,19 +205,24 @@ def lr_at(step: int, recipe: TrainRecipe) -> float:
     return max(0.0, 1.0 - (step - recipe.warmup_steps) / span)
 
 
-def tokenizer_corpus(gref: GRefCOCO, describe: bool = False) -> list[str]:
-    """Texts the tiny tokenizer is trained on: every expression plus the prompt and answer templates, and with
-    ``describe`` the describe-the-scene question and answers (:mod:`gsva.data.describe`)."""
-    texts = [s["sent"] for r in gref.refs for s in r["sentences"]]
-    if describe:
+def tokenizer_corpus(gref: GRefCOCO | None, describe: bool = False, texts: Sequence[str] = ()) -> list[str]:
+    """Texts the tiny tokenizer is trained on: every expression of ``gref`` plus the prompt and answer templates,
+    with ``describe`` the describe-the-scene question and answers (:mod:`gsva.data.describe`), and ``texts`` (the
+    text of a mixture's datasets, :func:`gsva.data.training_mix.source_texts`)."""
+    texts = list(texts)
+    if gref is not None:
+        texts += [s["sent"] for r in gref.refs for s in r["sentences"]]
+    if describe and gref is not None:
         texts += describe_texts(gref)
     texts += [SYSTEM_PROMPT + " USER: ", " ASSISTANT:", "USER: "] + list(QUESTION_TEMPLATES)
     texts += [" " + s for s in ANSWER_STARTS] + [t.replace("[SEG]", "") for t in ANSWER_TEMPLATES]
     return texts
 
 
-def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO) -> tuple[GSVAModel, object]:
-    """A fresh model from a named config (training a tokenizer on the data for ``gsva-tiny``), or a checkpoint."""
+def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO | None,
+                              texts: Sequence[str] = ()) -> tuple[GSVAModel, object]:
+    """A fresh model from a named config (training a tokenizer on ``gref``'s expressions and ``texts`` for
+    ``gsva-tiny``), or a checkpoint."""
     if recipe.init_from:
         model, tokenizer = load_model(recipe.init_from)
         model.train()
@@ -190,7 +241,7 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO) -> tuple[GSVA
                           "or init_from")
     from .tokenizer_build import train_tokenizer
 
-    corpus = tokenizer_corpus(gref, describe=recipe.caption_rate > 0)
+    corpus = tokenizer_corpus(gref, describe=recipe.caption_rate > 0, texts=texts)
     tokenizer = train_tokenizer(corpus, vocab_size=recipe.tokenizer_vocab_size)
     ids = add_control_tokens(tokenizer)
     config.text.vocab_size = recipe.tokenizer_vocab_size
@@ -207,7 +258,8 @@ def _merge(base: dict, over: dict) -> dict:
 @dataclass
 class StepLog:
     """What one optimizer step reports. Losses are averages over the step's micro-batches; ``skipped``: a non-finite
-    loss made the step skip its update (its losses are then NaN/inf)."""
+    loss made the step skip its update (its losses are then NaN/inf); ``bad_records``: records that failed to load
+    and were replaced, so far in this process's run (mixture and full-pass data)."""
 
     step: int
     loss: float
@@ -218,6 +270,7 @@ class StepLog:
     lr: float
     num_masks: int
     skipped: bool = False
+    bad_records: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -240,8 +293,15 @@ class Trainer:
         seed_everything(recipe.seed)
         if recipe.torch_threads:
             torch.set_num_threads(recipe.torch_threads)
-        root = Path(recipe.data_root)
-        self.gref = GRefCOCO(root / "grefcoco", recipe.image_root or default_image_dir(root, "grefcoco"))
+        sources = None
+        if recipe.datasets is None:
+            root = Path(recipe.data_root)
+            self.gref = GRefCOCO(root / "grefcoco", recipe.image_root or default_image_dir(root, "grefcoco"))
+        else:
+            from .data.training_mix import open_sources
+
+            self.gref = None
+            sources = open_sources(recipe.datasets, recipe.dataset_dir, recipe.train_split)
         self.output_dir = Path(recipe.output_dir)
         self.start_step = 0
         resume = latest_checkpoint(self.output_dir)
@@ -250,14 +310,18 @@ class Trainer:
             self.start_step = json.loads((resume / "trainer_state.json").read_text())["step"]
             logger.info("resuming from %s (step %d)", resume, self.start_step)
         else:
-            self.model, self.tokenizer = build_model_and_tokenizer(recipe, self.gref)
+            from .data.training_mix import source_texts
+
+            texts = source_texts(sources, recipe.train_split) if sources and recipe.model == "gsva-tiny" \
+                and not recipe.init_from else ()
+            self.model, self.tokenizer = build_model_and_tokenizer(recipe, self.gref, texts)
         self.model.train()
+        if recipe.gradient_checkpointing:
+            self.model.mllm.model.language_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.dataset = GRESConversationDataset(self.gref, recipe.train_split, self.tokenizer,
-                                               add_control_tokens(self.tokenizer), self.model.config,
-                                               max_targets=recipe.max_targets, seed=recipe.seed,
-                                               caption_rate=recipe.caption_rate)
+        self.dataset = self._build_dataset(sources)
         if recipe.epochs is not None:
             per_epoch = max(1, self._batches_per_epoch() // recipe.grad_accum)
             recipe = self.recipe = dataclasses.replace(recipe, max_steps=recipe.epochs * per_epoch)
@@ -269,8 +333,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.betas),
                                            weight_decay=recipe.weight_decay)
         restored = resume is not None and not use_deepspeed and (resume / "optimizer.pt").exists()
+        # DeepSpeed restores the scheduler state itself (engine.load_checkpoint in _init_deepspeed)
+        ds_restores = resume is not None and use_deepspeed and (resume / "deepspeed").exists()
         # without a restored scheduler state, the schedule starts at the resumed step rather than at 0
-        offset = 0 if restored or resume is None else self.start_step
+        offset = 0 if restored or ds_restores or resume is None else self.start_step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s + offset, recipe))
         if restored:
             state = torch.load(resume / "optimizer.pt", weights_only=True)
@@ -279,6 +345,7 @@ class Trainer:
         elif resume is not None and not use_deepspeed:
             logger.warning("%s has no optimizer state: AdamW moments restart from zero", resume)
         self.validation_history: list[tuple[int, dict]] = []
+        self.bad_records = 0
         self.engine = None
         if use_deepspeed:
             self._init_deepspeed(resume)
@@ -295,12 +362,38 @@ class Trainer:
             "zero_force_ds_cpu_optimizer": False,
         })
         ds_config.pop("train_batch_size", None)
+        if ds_config.get("zero_optimization", {}).get("stage") == 3 and self.recipe.val_every:
+            raise ConfigError("validation during training needs the whole model on one process, which ZeRO-3 "
+                              "partitions: set val_every: 0 and evaluate the saved checkpoints with "
+                              "eval/evaluate.py, or use ds_configs/zero2_offload.json")
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=ds_config)
         if resume is not None and (resume / "deepspeed").exists():
             path, _ = self.engine.load_checkpoint(str(resume / "deepspeed"), load_module_strict=True)
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load its checkpoint from {resume / 'deepspeed'}")
+
+    def _build_dataset(self, sources: dict | None):
+        """The training dataset: gRefCOCO conversations (no ``datasets``), the weighted mixture, or a full pass."""
+        r = self.recipe
+        token_ids = add_control_tokens(self.tokenizer)
+        if sources is None:
+            return GRESConversationDataset(self.gref, r.train_split, self.tokenizer, token_ids, self.model.config,
+                                           max_targets=r.max_targets, seed=r.seed, caption_rate=r.caption_rate)
+        from .data.training_mix import conversation_datasets
+
+        families = conversation_datasets(sources, self.tokenizer, token_ids, self.model.config, r.max_targets,
+                                         r.seed, r.explanatory, r.train_split)
+        for family, datasets in families.items():
+            logger.info("%s: %s", family, ", ".join(f"{d.name} ({len(d)})" for d in datasets))
+        if r.sampling == "full_pass":
+            dataset = FullPassDataset([d for f in sorted(families) for d in families[f]], seed=r.seed)
+        else:
+            # one item per sample the run will ever draw; item i is a pure function of (seed, i)
+            length = r.max_steps * r.grad_accum * r.batch_size * self.world
+            dataset = MixtureDataset(families, {f: r.family_weights[f] for f in families}, length, seed=r.seed)
+        dataset.token_ids = token_ids
+        return dataset
 
     def _batches_per_epoch(self) -> int:
         """Micro-batches per process in one pass over the training images (the sampler drops the remainder)."""
@@ -311,13 +404,15 @@ class Trainer:
         epoch, skip = divmod(skip, self._batches_per_epoch())
         while True:
             self.dataset.set_epoch(epoch)
+            # the weighted mixture is already a seeded random stream: rank r takes items r, r + world, ...
+            shuffle = not isinstance(self.dataset, MixtureDataset)
             sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
-                                                          shuffle=True, seed=self.recipe.seed, drop_last=True)
+                                                          shuffle=shuffle, seed=self.recipe.seed, drop_last=True)
             sampler.set_epoch(epoch)
             indices = list(sampler)[skip * self.recipe.batch_size:]
             loader = DataLoader(self.dataset, batch_size=self.recipe.batch_size, sampler=indices, drop_last=True,
                                 num_workers=self.recipe.num_workers, worker_init_fn=worker_init_fn,
-                                collate_fn=lambda s: collate(s, self.dataset.token_ids.pad))
+                                collate_fn=functools.partial(collate, pad_id=self.dataset.token_ids.pad))
             yield from loader
             epoch, skip = epoch + 1, 0
 
@@ -336,13 +431,19 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (read before any scheduler step)
             for _micro in range(r.grad_accum):
                 batch = next(batches).to(self.model.device)
+                self.bad_records += sum(int(m.get("skipped_records", 0)) for m in batch.meta)
                 with autocast:
                     out = (self.engine or self.model)(batch)
                 loss = out.loss
-                finite = bool(torch.isfinite(loss.total))
+                finite = self._all_finite(loss.total)
                 bad = bad or not finite
                 if self.engine is not None:
                     # DeepSpeed cannot drop a step: a non-finite micro-batch contributes a zero gradient instead
+                    # (on every rank: they agree on `finite`, so they all run the same backward graph)
+                    if not finite and self.engine.zero_optimization_stage() == 3:
+                        raise RuntimeError(f"non-finite loss at step {step + 1}: with ZeRO-3 a bad step cannot be "
+                                           "skipped (parameters are partitioned); the run stops and resumes from "
+                                           "its last checkpoint. Lower the learning rate, use fp32, or check the data")
                     self.engine.backward(loss.total if finite else self._zero_loss())
                     self.engine.step()
                 elif finite:
@@ -359,8 +460,9 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             if bad:
                 bad_in_a_row += 1
-                logger.warning("step %d: non-finite loss (%s); update skipped (%d in a row)", step + 1,
-                               sums[0] / r.grad_accum, bad_in_a_row)
+                logger.warning("step %d: non-finite loss (%s); %s (%d in a row)", step + 1, sums[0] / r.grad_accum,
+                               "its micro-batch contributed a zero gradient" if self.engine is not None
+                               else "update skipped", bad_in_a_row)
                 if bad_in_a_row > r.max_bad_steps:
                     raise RuntimeError(f"non-finite loss in {bad_in_a_row} consecutive steps (up to step {step + 1}), "
                                        f"more than max_bad_steps={r.max_bad_steps}: lower the learning rate, use "
@@ -368,7 +470,8 @@ class Trainer:
             else:
                 bad_in_a_row = 0
             sums /= r.grad_accum
-            yield StepLog(step + 1, *[float(v) for v in sums], lr=lr, num_masks=masks, skipped=bad)
+            yield StepLog(step + 1, *[float(v) for v in sums], lr=lr, num_masks=masks, skipped=bad,
+                          bad_records=self.bad_records)
             if (step + 1) % r.save_every == 0 or step + 1 == r.max_steps:
                 self.save(step + 1)
             if r.val_every and ((step + 1) % r.val_every == 0 or step + 1 == r.max_steps):
@@ -381,7 +484,7 @@ class Trainer:
 
         r = self.recipe
         if not hasattr(self, "_val_benchmark"):
-            self._val_benchmark = open_benchmark("grefcoco", r.data_root, r.val_split, r.image_root)
+            self._val_benchmark = open_benchmark(r.val_dataset, r.data_root, r.val_split, r.image_root)
         scorer = r.best_metric.split(".")[0]
         was_training = self.model.training
         try:
@@ -389,7 +492,7 @@ class Trainer:
             with torch.no_grad():
                 rows = run_benchmark(self._val_benchmark, predictor, r.val_protocol, limit=r.val_limit,
                                      batch_size=8 if r.val_protocol == "teacher-forced" else 1)
-            return summarize(rows, "grefcoco", tuple(dict.fromkeys(("rela", scorer))))["scorers"]
+            return summarize(rows, r.val_dataset, (scorer,))["scorers"]
         finally:
             self.model.train(was_training)
 
@@ -404,31 +507,55 @@ class Trainer:
                                   f"{', '.join(results.get(scorer, {}))}")
             value = results[scorer][metric]
             self.validation_history.append((step, results))
-            logger.info("step %d validation (%s, %s images): %s", step, self.recipe.val_protocol,
-                        self.recipe.val_limit or "all", ", ".join(f"{k} {v:.4f}" for k, v in results["rela"].items()
-                                                                  if isinstance(v, float)))
+            logger.info("step %d validation (%s %s, %s, %s images), %s: %s", step, self.recipe.val_dataset,
+                        self.recipe.val_split, self.recipe.val_protocol, self.recipe.val_limit or "all", scorer,
+                        ", ".join(f"{k} {v:.4f}" for k, v in results[scorer].items() if isinstance(v, float)))
             best = self.output_dir / "checkpoints" / "best"
             previous = json.loads((best / "trainer_state.json").read_text())["value"] \
                 if (best / "trainer_state.json").exists() else None
             if value is not None and (previous is None or value > previous):
-                save_model(self.model, self.tokenizer, best)
-                (best / "trainer_state.json").write_text(json.dumps(
+                # the state file goes in with the weights: a crash leaves the old best or the complete new one
+                save_model(self.model, self.tokenizer, best, extra_files={"trainer_state.json": json.dumps(
                     {"step": step, "metric": self.recipe.best_metric, "value": value, "validation": results},
-                    indent=2))
+                    indent=2)})
                 logger.info("new best %s = %.4f at step %d -> %s", self.recipe.best_metric, value, step, best)
         if self.engine is not None:
             torch.distributed.barrier()
         return value
 
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every process (one all-reduce when data-parallel), so that all ranks skip
+        or keep a micro-batch together and count bad steps alike."""
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.engine is not None and self.world > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
     def _zero_loss(self) -> torch.Tensor:
         """A finite zero loss touching every trainable parameter (its gradient is zero everywhere)."""
         return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
 
+    def _gathered_state_dict(self) -> dict | None:
+        """ZeRO-3: the whole model's weights gathered from every rank's partition (collective; complete on rank 0
+        only). Otherwise None: the model holds its full weights."""
+        if self.engine is not None and self.engine.zero_optimization_stage() == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return None
+
+    def save_final(self) -> Path:
+        """Write ``<output_dir>/final`` in our checkpoint format (all ranks call it; rank 0 writes)."""
+        final = self.output_dir / "final"
+        gathered = self._gathered_state_dict()
+        if self.rank == 0:
+            save_model(self.model, self.tokenizer, final, state_dict=gathered)
+        return final
+
     def save(self, step: int) -> Path:
         """Write ``checkpoints/step_XXXXXXX`` (rank 0 writes the model; all ranks join a DeepSpeed save)."""
         ckpt = self.output_dir / "checkpoints" / f"step_{step:07d}"
+        gathered = self._gathered_state_dict()
         if self.rank == 0:
-            save_model(self.model, self.tokenizer, ckpt)
+            save_model(self.model, self.tokenizer, ckpt, state_dict=gathered)
             if self.engine is None:
                 torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                            ckpt / "optimizer.pt")
@@ -436,13 +563,23 @@ class Trainer:
             self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state")  # collective
             torch.distributed.barrier()
         if self.rank == 0:
-            # written last: its presence marks the checkpoint complete (latest_checkpoint)
-            (ckpt / "trainer_state.json").write_text(json.dumps(
+            # written last and atomically: its presence marks the checkpoint complete (latest_checkpoint)
+            _write_atomic(ckpt / "trainer_state.json", json.dumps(
                 {"step": step, "recipe": dataclasses.asdict(self.recipe)}, indent=2))
             ckpts = sorted((self.output_dir / "checkpoints").glob("step_*"))
             for old in ckpts[: -self.recipe.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         return ckpt
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the complete new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -59,3 +59,41 @@ def test_save_replaces_atomically(micro_model, tokenizer, tmp_path):
     save_model(micro_model, tokenizer, tmp_path / "ckpt")
     save_model(micro_model, tokenizer, tmp_path / "ckpt")
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary or old directories left
+
+
+class Killed(BaseException):
+    """Stands for the process dying (not an Exception: nothing may catch it on the way)."""
+
+
+def test_a_crash_mid_write_leaves_the_old_checkpoint_or_none(micro_model, tokenizer, tmp_path, monkeypatch):
+    import torch
+
+    import gsva.checkpoint as ckpt_module
+    from gsva.engine import latest_checkpoint
+
+    save_model(micro_model, tokenizer, tmp_path / "ckpt", extra_files={"trainer_state.json": '{"step": 1}'})
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    real = ckpt_module.save_file
+
+    def crash(state, path, metadata=None):
+        real(dict(list(state.items())[:3]), path, metadata=metadata)  # a partial file, then the process dies
+        raise Killed()
+
+    monkeypatch.setattr(ckpt_module, "save_file", crash)
+    with torch.no_grad():
+        for p in micro_model.parameters():
+            p.add_(1.0)
+    for target in (tmp_path / "ckpt", tmp_path / "fresh"):
+        with pytest.raises(Killed):
+            save_model(micro_model, tokenizer, target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing half-written is left behind
+    model, _ = load_model(tmp_path / "ckpt")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert (tmp_path / "ckpt" / "trainer_state.json").read_text() == '{"step": 1}'
+    # a step directory whose state file never came (killed between the weights and the state) is not resumed from
+    steps = tmp_path / "run" / "checkpoints"
+    save_model(micro_model, tokenizer, steps / "step_0000004")
+    (steps / "step_0000002").mkdir()
+    (steps / "step_0000002" / "trainer_state.json").write_text('{"step": 2}')
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000002"

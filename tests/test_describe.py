@@ -1,7 +1,6 @@
 """The describe-the-scene task mixed into from-scratch training (gsva.data.describe, TrainRecipe.caption_rate)."""
 
 import json
-import shutil
 
 import pytest
 

@@ -8,6 +8,16 @@ DeepSpeed ZeRO-2 (``ds_configs/zero2.json``; on CPU it uses the gloo backend, 1 
 
     deepspeed --num_gpus 1 train/pretrain.py --config train/configs/gsva_tiny_synth.yaml
 
+Several GPUs and nodes (a DeepSpeed hostfile has one ``<host> slots=<gpus>`` line per node; every node needs the
+same code, data paths and passwordless ssh from the first)::
+
+    deepspeed --num_gpus 8 train/pretrain.py --config train/configs/gsva_vicuna7b_pretrain.yaml
+    deepspeed --hostfile hostfile --master_addr <first host> train/pretrain.py --config ...
+
+Small GPUs: ``deepspeed_config=ds_configs/zero2_offload.json`` (optimizer state in CPU memory) or
+``ds_configs/zero3.json`` (parameters partitioned too; no validation during training), and
+``gradient_checkpointing=true``.
+
 A run resumes by itself from the newest complete checkpoint in ``output_dir``. The final model is written to
 ``<output_dir>/final`` in the GSVA checkpoint format (loads in ``gsva predict --model`` and the app).
 """
@@ -28,7 +38,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.environ.get("CUDA_VISIBL
 
 from tqdm import tqdm  # noqa: E402
 
-from gsva.checkpoint import save_model  # noqa: E402
 from gsva.engine import Trainer, load_recipe  # noqa: E402
 from gsva.train_logging import MetricsLogger  # noqa: E402
 
@@ -64,16 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             logged_validations = len(trainer.validation_history)
         bar.set_postfix(loss=f"{entry.loss:.3f}", ce=f"{entry.ce:.3f}", lr=f"{entry.lr:.2e}")
         if trainer.rank == 0 and (entry.step % recipe.log_every == 0 or entry.step == recipe.max_steps):
-            log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f point %.4f lr %.3e masks %d (%.1f s)", entry.step,
-                     entry.loss, entry.ce, entry.mask_bce, entry.mask_dice, entry.point_mask, entry.lr,
-                     entry.num_masks, time.time() - start)
+            log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f point %.4f lr %.3e masks %d bad records %d "
+                     "(%.1f s)", entry.step, entry.loss, entry.ce, entry.mask_bce, entry.mask_dice, entry.point_mask,
+                     entry.lr, entry.num_masks, entry.bad_records, time.time() - start)
     bar.close()
     if metrics is not None:
         for step, results in trainer.validation_history[logged_validations:]:  # a validation after the last step
             metrics.validation(step, results)
         metrics.close()
+    final = trainer.save_final()
     if trainer.rank == 0:
-        final = save_model(trainer.model, trainer.tokenizer, Path(recipe.output_dir) / "final")
         log.info("final model written to %s", final)
     return 0
 

@@ -7,13 +7,15 @@ the family, then a record uniformly within the dataset; the index asked for is i
 Here every draw is a pure function of ``(seed, position)``: item ``i`` of the mixture is the same whichever process,
 worker or resumed run asks for it, so a run is reproducible and resumes exactly (the sampler position is the data
 state). A record that fails to load is logged and replaced by a deterministic redraw; :attr:`MixtureDataset.failures`
-counts them (per process). :class:`FullPassDataset` is the fine-tuning mode: one epoch = every record of every
+counts them (per process). A dataset with a ``sample(index, rng)`` method (the conversation datasets) gets a
+generator seeded by the draw, so the same record drawn twice is asked about differently. :class:`FullPassDataset` is the fine-tuning mode: one epoch = every record of every
 dataset once, in a seeded order.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -61,6 +63,9 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def set_epoch(self, epoch: int) -> None:
+        """No-op: every item is already a distinct draw (a run is one pass over ``length`` items)."""
+
     def draw(self, index: int, attempt: int = 0) -> tuple[str, int, int]:
         """(family, dataset number within the family, record index) of item ``index`` (``attempt`` > 0: redraws)."""
         rng = np.random.default_rng([self.seed, index, attempt])
@@ -72,8 +77,14 @@ class MixtureDataset(Dataset):
     def __getitem__(self, index: int):
         for attempt in range(self.max_retries + 1):
             family, k, record = self.draw(index, attempt)
+            dataset = self.families[family][k]
             try:
-                return self.families[family][k][record]
+                if hasattr(dataset, "sample"):  # conversation datasets: the draw also seeds the record's choices
+                    item = dataset.sample(record, random.Random(f"mix-{self.seed}-{index}-{attempt}"))
+                else:
+                    item = dataset[record]
+                _note_skipped(item, attempt)
+                return item
             except Exception as exc:  # noqa: BLE001 - a bad record must not kill a long run
                 self.failures += 1
                 logger.warning("skipping %s dataset %d record %d (%s: %s); %d failed records so far", family, k,
@@ -82,12 +93,23 @@ class MixtureDataset(Dataset):
                            "check the data (the log names each one)")
 
 
-class FullPassDataset(Dataset):
-    """Every record of ``datasets`` once per epoch, in an order fixed by ``(seed, epoch)`` (:meth:`set_epoch`)."""
+def _note_skipped(item, attempt: int) -> None:
+    """Record in the item's ``meta`` how many failed records it replaces (DataLoader workers cannot update a
+    counter in the main process; the trainer sums these)."""
+    if attempt and isinstance(getattr(item, "meta", None), dict):
+        item.meta["skipped_records"] = attempt
 
-    def __init__(self, datasets: Sequence, seed: int = 0) -> None:
+
+class FullPassDataset(Dataset):
+    """Every record of ``datasets`` once per epoch, in an order fixed by ``(seed, epoch)`` (:meth:`set_epoch`).
+
+    A record that fails to load is logged and replaced by the next item of the order (at most ``max_retries`` in a
+    row, then :class:`MixtureError`)."""
+
+    def __init__(self, datasets: Sequence, seed: int = 0, max_retries: int = 20) -> None:
         if not datasets or any(len(d) == 0 for d in datasets):
             raise MixtureError("full-pass mode needs non-empty datasets")
+        self.max_retries, self.failures = max_retries, 0
         self.datasets = list(datasets)
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.seed, self.epoch = seed, 0
@@ -97,8 +119,12 @@ class FullPassDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(int(self.offsets[-1]))
 
     def set_epoch(self, epoch: int) -> None:
+        """Reorder for pass ``epoch`` and pass it on to datasets that draw per-epoch choices (``set_epoch``)."""
         self.epoch = epoch
         self._order = self._permutation()
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -110,5 +136,16 @@ class FullPassDataset(Dataset):
         return k, flat - int(self.offsets[k])
 
     def __getitem__(self, index: int):
-        k, record = self.locate(index)
-        return self.datasets[k][record]
+        """Item ``index`` of this epoch; a record that fails to load is logged and replaced by the next one."""
+        for attempt in range(self.max_retries + 1):
+            k, record = self.locate((index + attempt) % len(self))
+            try:
+                item = self.datasets[k][record]
+                _note_skipped(item, attempt)
+                return item
+            except Exception as exc:  # noqa: BLE001 - a bad record must not kill a long run
+                self.failures += 1
+                logger.warning("skipping dataset %d record %d (%s: %s); %d failed records so far", k, record,
+                               type(exc).__name__, exc, self.failures)
+        raise MixtureError(f"{self.max_retries + 1} consecutive records failed to load at item {index}; "
+                           "check the data (the log names each one)")
