@@ -1,7 +1,7 @@
 """Training throughput of ``gsva-tiny`` on this machine: samples per second of the training loop.
 
     python benchmarks/train_throughput.py [--data-root DIR] [--steps 20] [--batch-size 8] [--precision fp32|bf16]
-                                          [--threads 2] [--mixture] [--gradient-checkpointing]
+                                          [--threads 2] [--mixture] [--gradient-checkpointing] [--json FILE]
 
 Without ``--data-root`` a 200-image synthetic set is written to a temporary folder. The recipe is
 ``train/configs/gsva_tiny_synth.yaml`` (GRES only) or, with ``--mixture``, ``gsva_tiny_mixture.yaml`` (all four
@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mixture", action="store_true", help="the four-family mixture recipe")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="append the figure (with the device) to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +71,20 @@ def main() -> int:
             next(steps)
         seconds = time.perf_counter() - start
         steps.close()
+    if args.json is not None:
+        import json
+        import platform
+
+        rows = json.loads(args.json.read_text()) if args.json.exists() else []
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+            f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        rows.append({"device": device, "torch": torch.__version__, "model": "gsva-tiny",
+                     "data": "mixture" if args.mixture else "gres", "batch_size": args.batch_size,
+                     "precision": args.precision, "threads": args.threads,
+                     "gradient_checkpointing": args.gradient_checkpointing, "steps_timed": args.steps,
+                     "samples_per_s": round(args.steps * args.batch_size / seconds, 3),
+                     "s_per_step": round(seconds / args.steps, 4)})
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
     what = "four-family mixture" if args.mixture else "GRES"
     ckpt = ", gradient checkpointing" if args.gradient_checkpointing else ""
     print(f"gsva-tiny, {what}, batch {args.batch_size}, {args.precision}, {args.threads} threads{ckpt}: "
