@@ -404,12 +404,16 @@ class Trainer:
         epoch, skip = divmod(skip, self._batches_per_epoch())
         while True:
             self.dataset.set_epoch(epoch)
-            # the weighted mixture is already a seeded random stream: rank r takes items r, r + world, ...
-            shuffle = not isinstance(self.dataset, MixtureDataset)
-            sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
-                                                          shuffle=shuffle, seed=self.recipe.seed, drop_last=True)
-            sampler.set_epoch(epoch)
-            indices = list(sampler)[skip * self.recipe.batch_size:]
+            if isinstance(self.dataset, MixtureDataset):
+                # already a seeded random stream: rank r takes items r, r + world, ... (a lazy range: the run's
+                # whole stream can be tens of millions of items)
+                usable = len(self.dataset) // self.world * self.world
+                indices = range(self.rank, usable, self.world)[skip * self.recipe.batch_size:]
+            else:
+                sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
+                                                              shuffle=True, seed=self.recipe.seed, drop_last=True)
+                sampler.set_epoch(epoch)
+                indices = list(sampler)[skip * self.recipe.batch_size:]
             loader = DataLoader(self.dataset, batch_size=self.recipe.batch_size, sampler=indices, drop_last=True,
                                 num_workers=self.recipe.num_workers, worker_init_fn=worker_init_fn,
                                 collate_fn=functools.partial(collate, pad_id=self.dataset.token_ids.pad))
