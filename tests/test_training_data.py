@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gsva.data.refer import AnnotationError, open_custom_dataset
@@ -253,8 +254,6 @@ def test_data_spec_is_checked():
 
 def test_point_prompts_survive_a_mixed_batch(mixture):
     """A GRES sample's point prompts (auxiliary SAM objective) count even when a VQA sample shares its batch."""
-    import torch
-
     from gsva.data.collate import collate
     from gsva.modeling.gsva_model import GSVAModel
 
@@ -278,3 +277,33 @@ def test_point_prompts_survive_a_mixed_batch(mixture):
         together = float(model(mixed).loss.point_mask)
         none = float(model(collate([vqa], ids.pad)).loss.point_mask)
     assert alone > 0 and together == pytest.approx(alone, rel=1e-5) and none == 0.0
+
+
+def test_too_long_conversations_drop_trailing_targets_or_rounds(mixture):
+    """Over ``max_length``, a target (SemSeg) or a round (VQA) is dropped from the end, never cut mid-[SEG]."""
+    import dataclasses
+
+    from gsva.conversation import PromptTooLongError
+
+    _, _, ids, datasets = mixture
+    semseg, vqa = datasets["sem_seg"][4], datasets["vqa"][0]  # PASCAL-Part: several parts per image
+    full = semseg.sample(0, random.Random(0))
+    n_full = int((full.input_ids == ids.seg).sum())
+    assert n_full >= 2
+    rounds = vqa.sample(0, random.Random(0))
+    for ds, sample in ((semseg, full), (vqa, rounds)):
+        ds.config = dataclasses.replace(micro_config(), max_length=sample.input_ids.numel() - 1)
+    try:
+        short = semseg.sample(0, random.Random(0))
+        n_short = int((short.input_ids == ids.seg).sum())
+        assert 1 <= n_short < n_full and len(short.gt_masks) == n_short
+        assert short.meta["phrases"] == full.meta["phrases"][:n_short]
+        assert torch.equal(short.gt_masks, full.gt_masks[:n_short])
+        one_round = vqa.sample(0, random.Random(0))
+        assert one_round.input_ids.numel() < rounds.input_ids.numel()
+        assert one_round.input_ids.tolist() == rounds.input_ids.tolist()[:one_round.input_ids.numel()]
+        semseg.config = dataclasses.replace(micro_config(), max_length=micro_config().num_image_tokens + 9)
+        with pytest.raises(PromptTooLongError):
+            semseg.sample(0, random.Random(0))
+    finally:
+        semseg.config = vqa.config = micro_config()

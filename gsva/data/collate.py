@@ -6,6 +6,7 @@ H_b x W_b the original size of image b.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -13,11 +14,11 @@ import torch
 
 from ..config import GSVAConfig
 from ..constants import IGNORE_INDEX
-from ..conversation import Piece, tokenize_pieces
+from ..conversation import Piece, PromptTooLongError, tokenize_pieces
 from ..tokens import ControlTokenIds
 from .transforms import clip_preprocess, sam_preprocess
 
-__all__ = ["EncodedSample", "Batch", "encode_sample", "collate"]
+__all__ = ["EncodedSample", "Batch", "encode_sample", "encode_longest_prefix", "collate"]
 
 
 @dataclass
@@ -97,6 +98,22 @@ def encode_sample(image: np.ndarray, pieces: list[Piece], masks: np.ndarray | No
         gt_masks=None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)),
         meta=meta or {},
     )
+
+
+def encode_longest_prefix(build: Callable[[int], EncodedSample], n: int) -> EncodedSample:
+    """``build(k)`` for the largest ``k <= n`` whose conversation fits the model's ``max_length``.
+
+    ``build(k)`` encodes a conversation with the first ``k`` items (targets, VQA rounds): when too long, items are
+    dropped from the end rather than cutting the token sequence through a ``[SEG]`` (official defect, official-gsva.md
+    §8). Raises :class:`gsva.conversation.PromptTooLongError` when even one item does not fit.
+    """
+    for k in range(n, 0, -1):
+        try:
+            return build(k)
+        except PromptTooLongError:
+            if k == 1:
+                raise
+    raise ValueError("encode_longest_prefix needs n >= 1")
 
 
 def collate(samples: list[EncodedSample], pad_id: int) -> Batch:

@@ -24,7 +24,7 @@ from ..config import GSVAConfig
 from ..conversation import Piece, PromptTooLongError, Turn, answer_pieces, question_text, render_conversation
 from ..images import load_image
 from ..tokens import ControlTokenIds
-from .collate import EncodedSample, encode_sample
+from .collate import EncodedSample, encode_longest_prefix, encode_sample
 from .describe import DESCRIBE_QUESTION, describe_answer
 from .grefcoco import GRefCOCO
 
@@ -99,20 +99,19 @@ class GRESConversationDataset(Dataset):
         most = min(self.max_targets, len(rec.expressions))
         k = most if rng.random() < 0.5 else rng.randint(1, most)
         exprs = rng.sample(list(rec.expressions), k)
-        while True:
-            phrases = [e.sentence.rstrip(".").strip() for e in exprs]
-            present = [not e.is_empty for e in exprs]
+
+        def build(n: int) -> EncodedSample:
+            chosen = exprs[:n]
+            phrases = [e.sentence.rstrip(".").strip() for e in chosen]
+            present = [not e.is_empty for e in chosen]
             turn = Turn(question_text(phrases, rng), answer_pieces(phrases, present, rng.randrange(5)), phrases)
-            masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in exprs if not e.is_empty]) \
+            masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in chosen if not e.is_empty]) \
                 if any(present) else np.zeros((0, rec.height, rec.width), np.uint8)
-            try:
-                return encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
-                                     self.tokenizer, self.token_ids, self.config,
-                                     meta={"image_id": rec.image_id, "phrases": phrases})
-            except PromptTooLongError:
-                if len(exprs) == 1:
-                    raise
-                exprs = exprs[:-1]  # drop a target rather than truncate through a [SEG] (official defect §8.9)
+            return encode_sample(image, render_conversation([turn], self.config.use_im_start_end), masks,
+                                 self.tokenizer, self.token_ids, self.config,
+                                 meta={"image_id": rec.image_id, "phrases": phrases})
+
+        return encode_longest_prefix(build, len(exprs))
 
     def _describe_sample(self, rec, image: np.ndarray) -> EncodedSample:
         """A describe-the-scene conversation on ``rec`` (no [SEG]/[REJ] slots, so no masks)."""

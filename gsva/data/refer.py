@@ -34,7 +34,7 @@ from .masks import decode_segmentation
 from .safe_pickle import UnsafePickleError, load_plain_pickle
 
 __all__ = ["AnnotationError", "Expression", "ImageRecord", "ReferDataset", "read_json", "refzom_split_match",
-           "default_image_dir", "REFS_FILES", "open_refer_dataset", "open_custom_dataset"]
+           "default_image_dir", "coco_images", "REFS_FILES", "open_refer_dataset", "open_custom_dataset"]
 
 REFS_FILES = {
     "grefcoco": ("grefs(unc).p", "grefs(unc).json"),
@@ -94,6 +94,19 @@ def read_json(path: Path, encodings: tuple[str, ...] = ("utf-8",)):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             error = exc
     raise AnnotationError(f"{path}: cannot read JSON ({error})")
+
+
+def coco_images(images, path: Path) -> dict[int, dict]:
+    """A COCO ``images`` list as {id: {file_name, height, width}}. Raises AnnotationError naming ``path`` and the
+    entry when one is malformed."""
+    out: dict[int, dict] = {}
+    for i, img in enumerate(images):
+        try:
+            out[int(img["id"])] = {"file_name": str(img["file_name"]), "height": int(img["height"]),
+                                   "width": int(img["width"])}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnnotationError(f"{path}: images[{i}] is malformed ({exc!r})") from None
+    return out
 
 
 def _read_refs(path: Path):
@@ -158,13 +171,7 @@ class ReferDataset:
             raise AnnotationError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
         if not isinstance(inst, dict) or not all(k in inst for k in ("images", "annotations")):
             raise AnnotationError(f"{inst_path}: expected a COCO object with 'images' and 'annotations'")
-        self.images: dict[int, dict] = {}
-        for i, img in enumerate(inst["images"]):
-            try:
-                self.images[int(img["id"])] = {"file_name": str(img["file_name"]), "height": int(img["height"]),
-                                               "width": int(img["width"])}
-            except (KeyError, TypeError, ValueError) as exc:
-                raise AnnotationError(f"{inst_path}: images[{i}] is malformed ({exc!r})") from None
+        self.images = coco_images(inst["images"], inst_path)
         self.anns: dict[int, dict] = {}
         for i, ann in enumerate(inst["annotations"]):
             if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann or "segmentation" not in ann:

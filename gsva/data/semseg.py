@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from .masks import decode_segmentation
-from .refer import AnnotationError, read_json
+from .refer import AnnotationError, coco_images, read_json
 
 __all__ = ["PartName", "SemSegRecord", "LabelMapDataset", "PartDataset", "SEMSEG_DATASETS", "open_semseg",
            "literal_classes"]
@@ -219,13 +219,7 @@ class PartDataset:
                 raise AnnotationError(f"{json_path}: category {cat['name']!r} is not 'obj' or 'obj:part'")
             self.categories[cid] = _clean(parts[0]) if len(parts) == 1 else PartName(_clean(parts[0]),
                                                                                       _clean(parts[1]))
-        self.images: dict[int, dict] = {}
-        for i, img in enumerate(data["images"]):
-            try:
-                self.images[int(img["id"])] = {"file_name": str(img["file_name"]), "height": int(img["height"]),
-                                               "width": int(img["width"])}
-            except (KeyError, TypeError, ValueError) as exc:
-                raise AnnotationError(f"{json_path}: images[{i}] is malformed ({exc!r})") from None
+        self.images = coco_images(data["images"], json_path)
         self.anns: dict[int, list[dict]] = {}
         for i, ann in enumerate(data["annotations"]):
             if not isinstance(ann, dict) or not all(k in ann for k in ("image_id", "category_id", "segmentation")):

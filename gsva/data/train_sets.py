@@ -29,11 +29,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..config import GSVAConfig
-from ..conversation import PromptTooLongError, Turn, answer_pieces, question_text, render_conversation, \
+from ..conversation import Turn, answer_pieces, question_text, render_conversation, \
     text_answer_pieces
 from ..images import load_image
 from ..tokens import ControlTokenIds
-from .collate import EncodedSample, encode_sample
+from .collate import EncodedSample, encode_longest_prefix, encode_sample
 from .reasonseg import ReasonSeg
 from .refer import AnnotationError
 from .semseg import LabelMapDataset, PartDataset, PartName
@@ -59,7 +59,8 @@ EXPLANATORY_QUESTIONS = ("Please output segmentation mask and explain why.",
 
 
 class ConversationDataset(Dataset):
-    """Base: ``__getitem__(i)`` = ``sample(i, Random(f"{seed}-{i}-{epoch}"))``; subclasses implement ``sample``."""
+    """Base: ``__getitem__(i)`` = ``sample(i, Random(f"{seed}-{i}-{epoch}"))``; subclasses implement ``sample`` and
+    set ``source`` (a reader with ``len``, ``[i]`` and ``texts()``) or override ``__len__`` and ``texts``."""
 
     name = "conversations"
 
@@ -72,6 +73,12 @@ class ConversationDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def texts(self) -> list[str]:
+        return self.source.texts()
 
     def __getitem__(self, index: int) -> EncodedSample:
         return self.sample(index, random.Random(f"{self.seed}-{index}-{self.epoch}"))
@@ -96,12 +103,6 @@ class SemSegConversations(ConversationDataset):
         super().__init__(tokenizer, token_ids, config, max_targets, seed)
         self.source, self.name = source, source.name
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def texts(self) -> list[str]:
-        return self.source.texts()
-
     def sample(self, index: int, rng: random.Random) -> EncodedSample:
         record = self.source[index]
         if not record.names:
@@ -115,16 +116,14 @@ class SemSegConversations(ConversationDataset):
             raise AnnotationError(f"{record.image_path}: image is {image.shape[1]}x{image.shape[0]} but its label "
                                   f"is {masks[0].shape[1]}x{masks[0].shape[0]}")
         template, style = rng.randrange(4), rng.randrange(5)
-        while True:
-            turn = Turn(question_text(phrases, template=template),
-                        answer_pieces(phrases, [True] * len(phrases), style, sep=SEMSEG_SEP), phrases)
-            try:
-                return self._encode(image, [turn], np.stack(masks), {"dataset": self.name, "phrases": phrases,
-                                                                     "image": str(record.image_path)})
-            except PromptTooLongError:
-                if len(phrases) == 1:
-                    raise
-                phrases, masks = phrases[:-1], masks[:-1]  # drop a target rather than cut through a [SEG]
+        meta = {"dataset": self.name, "image": str(record.image_path)}
+
+        def build(k: int) -> EncodedSample:
+            turn = Turn(question_text(phrases[:k], template=template),
+                        answer_pieces(phrases[:k], [True] * k, style, sep=SEMSEG_SEP), phrases[:k])
+            return self._encode(image, [turn], np.stack(masks[:k]), dict(meta, phrases=phrases[:k]))
+
+        return encode_longest_prefix(build, len(phrases))
 
 
 class VQAConversations(ConversationDataset):
@@ -137,24 +136,12 @@ class VQAConversations(ConversationDataset):
         super().__init__(tokenizer, token_ids, config, max_targets, seed)
         self.source = source
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def texts(self) -> list[str]:
-        return self.source.texts()
-
     def sample(self, index: int, rng: random.Random) -> EncodedSample:
         record = self.source[index]
         image = load_image(record.image_path)
         turns = [Turn(q, text_answer_pieces("", a)) for q, a in record.rounds]
-        while True:
-            try:
-                return self._encode(image, turns, _no_masks(image), {"dataset": self.name, "phrases": [],
-                                                                     "image": str(record.image_path)})
-            except PromptTooLongError:
-                if len(turns) == 1:
-                    raise
-                turns = turns[:-1]
+        meta = {"dataset": self.name, "phrases": [], "image": str(record.image_path)}
+        return encode_longest_prefix(lambda k: self._encode(image, turns[:k], _no_masks(image), meta), len(turns))
 
 
 class ReasonSegConversations(ConversationDataset):
