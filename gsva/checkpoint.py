@@ -71,7 +71,13 @@ def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.config.save(tmp / CONFIG_NAME)
-        source = model.state_dict() if state_dict is None else state_dict
+        based = model.config.text.base is not None
+        if based:  # only what training changed; the base comes from its own file at load time
+            from .modeling.base_weights import own_state_dict
+
+            source = own_state_dict(model) if state_dict is None else state_dict
+        else:
+            source = model.state_dict() if state_dict is None else state_dict
         state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -88,7 +94,8 @@ def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes
             total = sum(v.numel() * v.element_size() for v in state.values())
             (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                      indent=1) + "\n")
-        tokenizer.save_pretrained(str(tmp))
+        if not based:  # a based model's tokenizer is the base's plus the control tokens, rebuilt at load time
+            tokenizer.save_pretrained(str(tmp))
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes the directory private; give it the usual permissions
@@ -120,10 +127,14 @@ def load_tokenizer(model_dir: str | Path):
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> tuple[GSVAModel, object]:
+               dtype: torch.dtype = torch.float32, base_path: str | Path | None = None) -> tuple[GSVAModel, object]:
     """Load ``(model, tokenizer)`` from a checkpoint directory, strictly; the model is in eval mode.
 
-    Raises :class:`CheckpointError` if the directory, config, tokenizer or weights are missing, corrupt, or disagree.
+    A config with ``text.base`` (``gsva-smol``) is built on its base model first (:mod:`gsva.base_models`; the GGUF
+    at ``base_path``, default: the installed file) and the checkpoint must then hold exactly the model's own weights
+    (:func:`gsva.modeling.base_weights.own_state_dict`), with the same shapes.
+    Raises :class:`CheckpointError` if the directory, config, tokenizer or weights are missing, corrupt, or disagree,
+    and :class:`gsva.base_models.BaseModelError` if the base file is missing or not the expected one.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -137,12 +148,35 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
         config = GSVAConfig.load(model_dir / CONFIG_NAME)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
+    if config.text.base is not None:
+        state, source = load_weights(model_dir)
+        model, tokenizer = load_based_weights(config, state, source, base_path)
+        model.to(device=device, dtype=dtype).eval()
+        return model, tokenizer
     tokenizer = load_tokenizer(model_dir)
     state, source = load_weights(model_dir)
     model = GSVAModel(config, add_control_tokens(tokenizer), len(tokenizer))
     check_state_dict(model, state, source)
     model.load_state_dict(state, strict=True)
     model.to(device=device, dtype=dtype).eval()
+    return model, tokenizer
+
+
+def load_based_weights(config: GSVAConfig, state: dict[str, torch.Tensor], source: Path | str,
+                       base_path: str | Path | None = None) -> tuple[GSVAModel, object]:
+    """Build ``config`` on its base and copy ``state`` (exactly the own weights) in. Raises :class:`CheckpointError`."""
+    from .base_models import build_based_model
+    from .modeling.base_weights import ADDED_ROWS_KEY, own_state_dict
+
+    model, tokenizer = build_based_model(config, base_path)
+    expected = own_state_dict(model)
+    _check_keys(expected, state, source)
+    with torch.no_grad():
+        live = model.state_dict()
+        for key, value in state.items():
+            target = model.mllm.get_input_embeddings().weight[config.text.vocab_size:] if key == ADDED_ROWS_KEY \
+                else live[key]
+            target.copy_(value)
     return model, tokenizer
 
 
@@ -205,7 +239,10 @@ def load_weights(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
+    _check_keys(model.state_dict(), state, source)
+
+
+def _check_keys(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: Path | str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()

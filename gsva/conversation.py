@@ -32,6 +32,7 @@ __all__ = [
     "answer_pieces",
     "text_answer_pieces",
     "render_conversation",
+    "CHATML_SYSTEM_PROMPT",
     "tokenize_pieces",
     "parse_slot_phrases",
     "normalize_phrase",
@@ -129,9 +130,25 @@ def text_answer_pieces(template: str, plain: str = "") -> list[Piece]:
     return pieces
 
 
-def render_conversation(turns: list[Turn], use_im_start_end: bool = True) -> list[Piece]:
-    """Render turns as llava_v1 pieces. The image goes at the start of the first turn; a final turn whose
-    ``answer`` is None ends with ``" ASSISTANT:"`` ready for generation."""
+CHATML_SYSTEM_PROMPT = "You are a helpful assistant. You segment the objects the user names in the image."
+"""System message of the ``chatml`` template (ours; SmolLM2's chat template inserts a default one)."""
+
+
+def render_conversation(turns: list[Turn], use_im_start_end: bool = True, template: str = "llava_v1") -> list[Piece]:
+    """Render turns as pieces of ``template``. The image goes at the start of the first turn; a final turn whose
+    ``answer`` is None ends ready for generation (``" ASSISTANT:"`` in llava_v1, ``"<|im_start|>assistant\n"`` in
+    chatml).
+
+    ``chatml`` (SmolLM2's template): ``<|im_start|>system\n{CHATML_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n``
+    ``<im_start><image><im_end>\n{question}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>``, later turns
+    ``\n<|im_start|>user\n...``. ``<|im_start|>``/``<|im_end|>`` are placed as the tokenizer's BOS/EOS controls
+    (SmolLM2's BOS and EOS are exactly those tokens; :func:`gsva.tokens.control_token_ids` checks it). Answers are
+    built with llava_v1's leading space (:func:`answer_pieces`); chatml drops it, as its answer starts a line.
+    """
+    if template == "chatml":
+        return _render_chatml(turns, use_im_start_end)
+    if template != "llava_v1":
+        raise ValueError(f"unknown conversation template {template!r}")
     if not turns:
         raise ValueError("a conversation needs at least one turn")
     pieces = [Piece(control="<bos>"), Piece(SYSTEM_PROMPT + " USER: ")]
@@ -150,6 +167,30 @@ def render_conversation(turns: list[Turn], use_im_start_end: bool = True) -> lis
                 raise ValueError("only the last turn may lack an answer")
             break
         pieces.extend(turn.answer)
+    return pieces
+
+
+def _render_chatml(turns: list[Turn], use_im_start_end: bool) -> list[Piece]:
+    if not turns:
+        raise ValueError("a conversation needs at least one turn")
+    pieces = [Piece(control="<bos>"), Piece("system\n" + CHATML_SYSTEM_PROMPT), Piece(control="<eos>")]
+    for i, turn in enumerate(turns):
+        pieces += [Piece("\n"), Piece(control="<bos>"), Piece("user\n")]
+        if i == 0:
+            image = [Piece(control=IMAGE_TOKEN)]
+            if use_im_start_end:
+                image = [Piece(control=IM_START_TOKEN)] + image + [Piece(control=IM_END_TOKEN)]
+            pieces += image + [Piece("\n")]
+        pieces += [Piece(turn.question), Piece(control="<eos>"), Piece("\n"), Piece(control="<bos>"),
+                   Piece("assistant\n")]
+        if turn.answer is None:
+            if i != len(turns) - 1:
+                raise ValueError("only the last turn may lack an answer")
+            break
+        answer = list(turn.answer)
+        if answer and answer[0].control is None and answer[0].ids is None and answer[0].text.startswith(" "):
+            answer[0] = Piece(answer[0].text[1:], train=answer[0].train)
+        pieces.extend(answer)
     return pieces
 
 

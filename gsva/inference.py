@@ -185,7 +185,8 @@ class GSVAPredictor:
         return answer, history + [turn]
 
     def _prompt_ids(self, history: list[Turn], question: str) -> list[int] | None:
-        pieces = render_conversation(history + [Turn(question)], self.model.config.use_im_start_end)
+        pieces = render_conversation(history + [Turn(question)], self.model.config.use_im_start_end,
+                                     self.model.config.conv_template)
         limit = self.model.config.max_length - 8
         try:
             ids, _ = tokenize_pieces(pieces, self.tokenizer, self.ids, self.model.config.num_image_tokens, limit)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .config import LossConfig
 from .constants import IGNORE_INDEX
 
-__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "LossBreakdown", "gsva_loss", "point_prompt_loss"]
+__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "causal_lm_loss_from_hidden", "LossBreakdown", "gsva_loss", "point_prompt_loss"]
 
 
 def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,11 +52,30 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, slot_ids: tuple[i
     valid = shift_labels != IGNORE_INDEX
     if valid.sum() == 0:
         return shift_logits.sum() * 0.0
+    return _weighted_ce(shift_logits[valid], shift_labels[valid], slot_ids, slot_weight)
+
+
+def causal_lm_loss_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head, slot_ids: tuple[int, ...] = (),
+                               slot_weight: float = 1.0) -> torch.Tensor:
+    """:func:`causal_lm_loss` of ``head(hidden)`` (hidden (B, L, D), ``head``: (..., D) -> (..., V)), computing the
+    head only at the labelled positions: the same value, without (B, L, V) logits (with a 49k-word head those cost
+    about as much as the language model itself)."""
+    shift_labels = labels[:, 1:]
+    valid = shift_labels != IGNORE_INDEX
+    if valid.sum() == 0:
+        return hidden.sum() * 0.0
+    logits = head(hidden[:, :-1][valid]).float()
+    return _weighted_ce(logits, shift_labels[valid], slot_ids, slot_weight)
+
+
+def _weighted_ce(logits: torch.Tensor, targets: torch.Tensor, slot_ids: tuple[int, ...], slot_weight: float
+                 ) -> torch.Tensor:
+    """Mean CE of (N, V) logits against (N,) targets, targets in ``slot_ids`` counting ``slot_weight`` times."""
     if slot_weight == 1.0 or not slot_ids:
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
-    per_token = F.cross_entropy(shift_logits[valid], shift_labels[valid], reduction="none")
+        return F.cross_entropy(logits, targets)
+    per_token = F.cross_entropy(logits, targets, reduction="none")
     weights = torch.ones_like(per_token)
-    weights[torch.isin(shift_labels[valid], torch.tensor(slot_ids, device=labels.device))] = slot_weight
+    weights[torch.isin(targets, torch.tensor(slot_ids, device=targets.device))] = slot_weight
     return (per_token * weights).sum() / weights.sum()
 
 
@@ -93,8 +112,9 @@ def _mask_loss_sums(mask_logits: list[torch.Tensor], gt_masks: list[torch.Tensor
     return bce_sum, dice_sum, num_masks
 
 
-def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[torch.Tensor],
-              gt_masks: list[torch.Tensor], cfg: LossConfig, slot_ids: tuple[int, ...] = ()) -> LossBreakdown:
+def gsva_loss(lm_logits: torch.Tensor | None, labels: torch.Tensor, mask_logits: list[torch.Tensor],
+              gt_masks: list[torch.Tensor], cfg: LossConfig, slot_ids: tuple[int, ...] = (),
+              ce: torch.Tensor | None = None) -> LossBreakdown:
     """Combine CE and mask losses.
 
     Args:
@@ -102,10 +122,14 @@ def gsva_loss(lm_logits: torch.Tensor, labels: torch.Tensor, mask_logits: list[t
         mask_logits: per image, (n_b, H_b, W_b) logits of its [SEG] slots at the original image size.
         gt_masks: per image, (n_b, H_b, W_b) {0, 1} masks of the same slots, same order.
         slot_ids: the [SEG]/[REJ] ids, weighted by ``cfg.slot_ce_weight`` in the CE.
+        ce: the unweighted CE when already computed (:func:`causal_lm_loss_from_hidden`); ``lm_logits`` may then
+            be None.
     Raises ValueError if a prediction and its ground truth disagree in count or size.
     """
-    ce = causal_lm_loss(lm_logits, labels, slot_ids, cfg.slot_ce_weight) * cfg.ce_weight
-    bce_sum, dice_sum, num_masks = _mask_loss_sums(mask_logits, gt_masks, cfg, lm_logits)
+    if ce is None:
+        ce = causal_lm_loss(lm_logits, labels, slot_ids, cfg.slot_ce_weight)
+    ce = ce * cfg.ce_weight
+    bce_sum, dice_sum, num_masks = _mask_loss_sums(mask_logits, gt_masks, cfg, ce)
     denom = max(num_masks, 1)
     mask_bce = cfg.bce_weight * bce_sum / denom
     mask_dice = cfg.dice_weight * dice_sum / denom

@@ -99,7 +99,7 @@ def teacher_forced_outcomes(predictor: GSVAPredictor, conversations: list[tuple[
     cfg = model.config
     samples, first = [], {}  # conversations about the same image (the same array object) share one preprocessing
     for image, q, answer, _ in conversations:
-        pieces = render_conversation([Turn(q, answer)], cfg.use_im_start_end)
+        pieces = render_conversation([Turn(q, answer)], cfg.use_im_start_end, cfg.conv_template)
         if id(image) in first:
             token_ids, labels = tokenize_pieces(pieces, tok, ids, cfg.num_image_tokens, cfg.max_length)
             samples.append(dataclasses.replace(first[id(image)], input_ids=torch.tensor(token_ids),

@@ -20,7 +20,7 @@ from torch import nn
 from ..config import GSVAConfig
 from ..data.collate import Batch
 from ..data.transforms import sam_postprocess
-from ..losses import LossBreakdown, gsva_loss, point_prompt_loss
+from ..losses import LossBreakdown, causal_lm_loss_from_hidden, gsva_loss, point_prompt_loss
 from ..tokens import ControlTokenIds
 from .mllm import build_llava
 from .projector import SegProjector
@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 class GSVAOutput:
     """Result of :meth:`GSVAModel.forward`.
 
-    ``lm_logits`` (B, L, V); ``slots`` every [SEG]/[REJ] slot; ``mask_logits`` per image (n_b, H_b, W_b) fp32 logits
+    ``lm_logits`` (B, L, V), or None in training mode with labels (the CE then evaluates ``lm_head`` only at the
+    labelled positions, :func:`gsva.losses.causal_lm_loss_from_hidden`); ``slots`` every [SEG]/[REJ] slot; ``mask_logits`` per image (n_b, H_b, W_b) fp32 logits
     of its [SEG] slots in order; ``loss`` the weighted losses (None when the batch has no labels/masks).
     """
 
@@ -172,7 +173,8 @@ class GSVAModel(nn.Module):
         """
         feats = self.image_features(batch.clip_pixels)
         hidden, _ = self.language_forward(self.embed_inputs(batch.input_ids, feats), batch.attention_mask)
-        logits = self.lm_logits(hidden)
+        labelled_only = self.training and batch.labels is not None
+        logits = None if labelled_only else self.lm_logits(hidden)
         slots = locate_slots(batch.input_ids, self.token_ids.seg, self.token_ids.rej)
         image_embeddings = self.sam_image_embeddings(batch.sam_pixels)
         seg_rows = slots.batch_index[slots.is_seg]
@@ -190,8 +192,11 @@ class GSVAModel(nn.Module):
                        for chunk, rhw, ohw in zip(low_res.split(per_image), batch.resized_hw, batch.original_hw)]
         loss = None
         if batch.labels is not None and batch.gt_masks is not None:
+            slot_ids = (self.token_ids.seg, self.token_ids.rej)
+            ce = causal_lm_loss_from_hidden(hidden, batch.labels, self.lm_logits, slot_ids,
+                                            self.config.loss.slot_ce_weight) if labelled_only else None
             loss = gsva_loss(logits, batch.labels, mask_logits, batch.gt_masks, self.config.loss,
-                             slot_ids=(self.token_ids.seg, self.token_ids.rej))
+                             slot_ids=slot_ids, ce=ce)
             if len(dummy_rows):
                 loss.total = loss.total + 0.0 * low_res_all[n_real:].sum()
             if self.config.loss.point_prompt_weight > 0:

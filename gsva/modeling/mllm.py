@@ -11,6 +11,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from ..config import GSVAConfig
+from .word_projector import WordProjector
 
 __all__ = ["build_llava", "llava_config", "NormedMlpProjector"]
 
@@ -52,22 +53,31 @@ def llava_config(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_toke
         num_key_value_heads=cfg.text.num_key_value_heads, vocab_size=vocab_size,
         max_position_embeddings=cfg.text.max_position_embeddings, rms_norm_eps=cfg.text.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.text.rope_theta},
-        pad_token_id=pad_token_id, tie_word_embeddings=False,
+        pad_token_id=pad_token_id, tie_word_embeddings=cfg.text.tie_word_embeddings,
     )
     return LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=image_token_id,
         image_seq_length=cfg.num_image_tokens, vision_feature_layer=cfg.vision.feature_layer,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        tie_word_embeddings=cfg.text.tie_word_embeddings,
     )
 
 
 def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaForConditionalGeneration:
     """A randomly initialised LLaVA. With ``projector_type == "linear"`` (LLaVA-v1) the projector is one
     ``nn.Linear(vision_hidden, text_hidden)``; ``"mlp2x_gelu"`` keeps transformers' Linear-GELU-Linear;
-    ``"ln_mlp2x_gelu"`` is :class:`NormedMlpProjector` (ours, for towers trained from scratch)."""
+    ``"ln_mlp2x_gelu"`` is :class:`NormedMlpProjector` (ours, for towers trained from scratch); ``"word"`` is
+    :class:`gsva.modeling.word_projector.WordProjector`. With ``text.tie_word_embeddings`` the ``lm_head`` weight is
+    the input embedding matrix (checked)."""
     model = LlavaForConditionalGeneration(llava_config(cfg, vocab_size, image_token_id, pad_token_id))
     if cfg.vision.projector_type == "linear":
         model.model.multi_modal_projector = nn.Linear(cfg.vision.hidden_size, cfg.text.hidden_size)
     elif cfg.vision.projector_type == "ln_mlp2x_gelu":
         model.model.multi_modal_projector = NormedMlpProjector(cfg.vision.hidden_size, cfg.text.hidden_size)
+    elif cfg.vision.projector_type == "word":
+        model.model.multi_modal_projector = WordProjector(cfg.vision.hidden_size, cfg.text.hidden_size,
+                                                          cfg.vision.num_patches,
+                                                          [len(g) for g in cfg.vision.word_groups])
+    if cfg.text.tie_word_embeddings and model.lm_head.weight is not model.get_input_embeddings().weight:
+        raise RuntimeError("transformers did not tie lm_head to the input embeddings")
     return model
