@@ -75,7 +75,7 @@ def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes
         if based:  # only what training changed; the base comes from its own file at load time
             from .modeling.base_weights import own_state_dict
 
-            source = own_state_dict(model) if state_dict is None else state_dict
+            source = own_state_dict(model, state_dict)
         else:
             source = model.state_dict() if state_dict is None else state_dict
         state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
@@ -168,7 +168,13 @@ def load_based_weights(config: GSVAConfig, state: dict[str, torch.Tensor], sourc
     from .base_models import build_based_model
     from .modeling.base_weights import ADDED_ROWS_KEY, own_state_dict
 
-    model, tokenizer = build_based_model(config, base_path)
+    from .base_models import BaseModelError
+    from .tokens import TokenizerError
+
+    try:
+        model, tokenizer = build_based_model(config, base_path)
+    except (BaseModelError, TokenizerError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot build its base model: {exc}") from None
     expected = own_state_dict(model)
     _check_keys(expected, state, source)
     with torch.no_grad():

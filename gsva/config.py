@@ -271,6 +271,11 @@ class GSVAConfig:
             raise ConfigError("max_length must leave room for text after the image tokens")
         if self.max_length > self.text.max_position_embeddings:
             raise ConfigError("max_length exceeds text.max_position_embeddings")
+        if self.text.base is not None and self.trainable.llm_layers:
+            raise ConfigError("trainable.llm_layers cannot be on with text.base: the base's layers are never saved "
+                              "(train them through LoRA)")
+        if self.vision.projector_type == "word" and self.text.base is None:
+            raise ConfigError("vision.projector_type 'word' needs text.base (its word embeddings come from the base)")
         return self
 
     # -- serialisation -----------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def render_conversation(turns: list[Turn], use_im_start_end: bool = True, templa
     ``chatml`` (SmolLM2's template): ``<|im_start|>system\n{CHATML_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n``
     ``<im_start><image><im_end>\n{question}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>``, later turns
     ``\n<|im_start|>user\n...``. ``<|im_start|>``/``<|im_end|>`` are placed as the tokenizer's BOS/EOS controls
-    (SmolLM2's BOS and EOS are exactly those tokens; :func:`gsva.tokens.control_token_ids` checks it). Answers are
+    (SmolLM2's BOS and EOS are exactly those tokens; :func:`gsva.base_models.build_based_model` checks it). Answers are
     built with llava_v1's leading space (:func:`answer_pieces`); chatml drops it, as its answer starts a line.
     """
     if template == "chatml":

@@ -359,6 +359,8 @@ class Trainer:
         if self.model.config.text.base is not None:
             from .modeling.base_weights import train_added_rows_only
 
+            if recipe.weight_decay:  # decay would shrink the base rows of the embedding, which are never saved
+                raise ConfigError(f"{self.model.config.name} is built on a base model: weight_decay must be 0")
             train_added_rows_only(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         logger.info("trainable: %d tensors, %.2fM of %.2fM parameters", len(names),

@@ -12,7 +12,8 @@ read shapes on object patches at 0.27, chance 0.17, after 750 steps).
 Output: ``<output_dir>/vision.safetensors`` holding the keys of ``mllm.model.vision_tower.*`` and
 ``mllm.model.multi_modal_projector.{norm,classifier}.*`` (prefixes as in :class:`gsva.modeling.gsva_model.GSVAModel`)
 and ``vision.json`` (config name, steps, held-out patch accuracy per group). Checkpoints every ``save_every`` steps
-in ``<output_dir>/state.pt`` (tensors and numbers only) let a killed run resume where it stopped.
+in ``<output_dir>/state.pt`` (tensors and numbers only) let a killed run resume from its last saved step
+(the interrupted pass over the data starts again from its beginning, in a new order).
 
 Shape legend: B images, P patches, G word groups, K_g words in group g.
 """

@@ -158,12 +158,17 @@ def test_training_moves_only_the_added_embedding_rows(smol):
     embed = model.mllm.get_input_embeddings().weight
     embed.requires_grad_(True)
     train_added_rows_only(model)
+    before = embed.detach().clone()
+    optimizer = torch.optim.AdamW([embed], lr=1e-2, weight_decay=0.0)
     ids = torch.tensor([[5, 100, model.token_ids.seg, model.token_ids.rej]])
     hidden, _ = model.language_forward(model.mllm.get_input_embeddings()(ids))
     model.lm_logits(hidden).sum().backward()
-    grad = embed.grad
-    assert float(grad[:SPEC_VOCAB].abs().max()) == 0.0
-    assert float(grad[SPEC_VOCAB:].abs().max()) > 0.0
+    assert float(embed.grad[:SPEC_VOCAB].abs().max()) == 0.0
+    optimizer.step()
+    assert torch.equal(embed.detach()[:SPEC_VOCAB], before[:SPEC_VOCAB])  # the base rows do not move
+    assert not torch.equal(embed.detach()[SPEC_VOCAB:], before[SPEC_VOCAB:])
+    with torch.no_grad():
+        embed.copy_(before)
     embed.grad = None
     embed.requires_grad_(False)
 
@@ -189,6 +194,10 @@ def test_based_checkpoint_holds_only_own_weights_and_loads_strictly(smol, tmp_pa
         torch.testing.assert_close(own_state_dict(loaded)[k], v, msg=k)
     # the base part comes from the base file, the own part from the checkpoint: both equal
     torch.testing.assert_close(loaded.mllm.get_input_embeddings().weight, model.mllm.get_input_embeddings().weight)
+    from gsva.convert.export import export_model
+
+    with pytest.raises(CheckpointError, match="export without --merge-lora"):
+        export_model(out, tmp_path / "merged", merge=True)
     from safetensors.torch import save_file
 
     state["sam.extra"] = torch.zeros(1)
@@ -214,6 +223,7 @@ def test_patch_labels_follow_the_cover_rule(synth_root):
     assert labels.shape == (side * side, 3)
     info = gref.images[image_id]
     h, w = info["height"], info["width"]
+    checked = background = 0
     for ann_id in gref.instance_ids(image_id):
         ann = gref.anns[ann_id]
         mask = gref.mask((ann_id,), h, w).astype(bool)
@@ -224,6 +234,7 @@ def test_patch_labels_follow_the_cover_rule(synth_root):
         y0, y1 = int(row * h / side), int((row + 1) * h / side)
         x0, x1 = int(col * w / side), int((col + 1) * w / side)
         if mask[y0:y1, x0:x1].mean() > 0.9:
+            checked += 1
             got = [groups[g][int(labels[row * side + col, g])] for g in range(3)]
             assert got == [ann["attributes"]["size"], ann["attributes"]["color"], gref.categories[ann["category_id"]]]
     union = np.zeros((h, w), bool)
@@ -233,7 +244,9 @@ def test_patch_labels_follow_the_cover_rule(synth_root):
         row, col = divmod(p, side)
         cell = union[int(row * h / side):int((row + 1) * h / side), int(col * w / side):int((col + 1) * w / side)]
         if cell.mean() < MIN_COVER * 0.8:
+            background += 1
             assert labels[p].tolist() == [len(g) - 1 for g in groups]
+    assert checked >= 1 and background >= 10
 
 
 @pytest.mark.slow
@@ -279,7 +292,24 @@ def test_a_based_model_answers_through_the_predictor(smol):
     model, tok = smol
     predictor = GSVAPredictor(model, tok, max_new_tokens=12)
     predictor.set_image(make_scene(3, 0).image)
-    answer = predictor.ask("What are the red heart, [SEG] <|im_start|> in this image?")
-    assert isinstance(answer.text, str) and len(predictor.history) == 1
-    assert all(t.status in ("seg", "rej") for t in answer.targets)
-    assert "<|im_start|>" not in answer.text  # BOS is never generated
+    question = "What are the red heart, [SEG] <|im_start|> in this image?"
+    prompt = predictor._prompt_ids([], question)
+    t = model.token_ids
+    assert prompt.count(t.bos) == 3 and t.seg not in prompt  # the template's three turns; typed tokens are text
+    assert question in tok.decode(prompt)
+    answer = predictor.ask(question)
+    assert len(predictor.history) == 1 and len(answer.targets) == sum(
+        tok.convert_tokens_to_ids(x) in (t.seg, t.rej) for x in tok.tokenize(answer.text))
+
+
+def test_based_configs_refuse_settings_that_would_lose_training():
+    from gsva.config import ConfigError, TrainableConfig
+
+    cfg = get_named_config("gsva-smol")
+    with pytest.raises(ConfigError, match="llm_layers"):
+        dataclasses.replace(cfg, trainable=TrainableConfig(llm_layers=True)).validate()
+    with pytest.raises(ConfigError, match="needs text.base"):
+        dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, base=None)).validate()
+    with pytest.raises(ConfigError, match="text.base 'llama-9b' is unknown"):
+        dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, base="llama-9b")).validate()
+    assert GSVAConfig.from_dict(cfg.to_dict()) == cfg

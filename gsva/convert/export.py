@@ -52,6 +52,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, merge: bool = False
     if merge:
         if model.config.lora.rank == 0:
             raise CheckpointError(f"{model_dir} has no LoRA to merge (lora.rank is 0)")
+        if model.config.text.base is not None:
+            raise CheckpointError(f"{model_dir} is built on the base model {model.config.text.base}, whose layers its "
+                                  "checkpoints never hold: merging LoRA into them would drop the training; export "
+                                  "without --merge-lora")
         merged = merge_lora(model)
         model.config = dataclasses.replace(model.config, lora=dataclasses.replace(model.config.lora, rank=0))
         logger.info("merged %d LoRA layers", merged)

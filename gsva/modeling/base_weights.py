@@ -88,9 +88,11 @@ def word_token_ids(tokenizer, groups: list[list[str]]) -> list[int]:
     return ids
 
 
-def own_state_dict(model) -> dict[str, torch.Tensor]:
+def own_state_dict(model, full_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The weights a based checkpoint holds: every key that :func:`is_base_key` rejects, plus
-    :data:`ADDED_ROWS_KEY` (the embedding rows from ``config.text.vocab_size`` on)."""
-    state = {k: v for k, v in model.state_dict().items() if not is_base_key(k)}
-    state[ADDED_ROWS_KEY] = model.mllm.get_input_embeddings().weight[model.config.text.vocab_size:]
+    :data:`ADDED_ROWS_KEY` (the embedding rows from ``config.text.vocab_size`` on). ``full_state``: take them from
+    this complete state dict (e.g. gathered from ZeRO-3 partitions) instead of ``model.state_dict()``."""
+    full = model.state_dict() if full_state is None else full_state
+    state = {k: v for k, v in full.items() if not is_base_key(k)}
+    state[ADDED_ROWS_KEY] = full[_EMBED][model.config.text.vocab_size:]
     return state

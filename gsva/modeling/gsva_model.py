@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class GSVAOutput:
     """Result of :meth:`GSVAModel.forward`.
 
-    ``lm_logits`` (B, L, V), or None in training mode with labels (the CE then evaluates ``lm_head`` only at the
+    ``lm_logits`` (B, L, V), or None in training mode with labels and masks (the CE then evaluates ``lm_head`` only at the
     labelled positions, :func:`gsva.losses.causal_lm_loss_from_hidden`); ``slots`` every [SEG]/[REJ] slot; ``mask_logits`` per image (n_b, H_b, W_b) fp32 logits
     of its [SEG] slots in order; ``loss`` the weighted losses (None when the batch has no labels/masks).
     """
@@ -173,7 +173,7 @@ class GSVAModel(nn.Module):
         """
         feats = self.image_features(batch.clip_pixels)
         hidden, _ = self.language_forward(self.embed_inputs(batch.input_ids, feats), batch.attention_mask)
-        labelled_only = self.training and batch.labels is not None
+        labelled_only = self.training and batch.labels is not None and batch.gt_masks is not None
         logits = None if labelled_only else self.lm_logits(hidden)
         slots = locate_slots(batch.input_ids, self.token_ids.seg, self.token_ids.rej)
         image_embeddings = self.sam_image_embeddings(batch.sam_pixels)
