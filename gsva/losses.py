@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from .config import LossConfig
 from .constants import IGNORE_INDEX
 
-__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "causal_lm_loss_from_hidden", "LossBreakdown", "gsva_loss", "point_prompt_loss"]
+__all__ = ["sigmoid_bce_loss", "dice_loss", "causal_lm_loss", "causal_lm_loss_from_hidden", "LossBreakdown", "gsva_loss",
+           "point_prompt_loss"]
 
 
 def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

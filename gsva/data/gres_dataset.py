@@ -107,7 +107,8 @@ class GRESConversationDataset(Dataset):
             turn = Turn(question_text(phrases, rng), answer_pieces(phrases, present, rng.randrange(5)), phrases)
             masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in chosen if not e.is_empty]) \
                 if any(present) else np.zeros((0, rec.height, rec.width), np.uint8)
-            return encode_sample(image, render_conversation([turn], self.config.use_im_start_end, self.config.conv_template), masks,
+            pieces = render_conversation([turn], self.config.use_im_start_end, self.config.conv_template)
+            return encode_sample(image, pieces, masks,
                                  self.tokenizer, self.token_ids, self.config,
                                  meta={"image_id": rec.image_id, "phrases": phrases})
 
@@ -116,7 +117,8 @@ class GRESConversationDataset(Dataset):
     def _describe_sample(self, rec, image: np.ndarray) -> EncodedSample:
         """A describe-the-scene conversation on ``rec`` (no [SEG]/[REJ] slots, so no masks)."""
         answer = [Piece(describe_answer(self.gref, rec.image_id), train=True), Piece(control="<eos>", train=True)]
-        pieces = render_conversation([Turn(DESCRIBE_QUESTION, answer)], self.config.use_im_start_end, self.config.conv_template)
+        pieces = render_conversation([Turn(DESCRIBE_QUESTION, answer)], self.config.use_im_start_end,
+                                     self.config.conv_template)
         no_masks = np.zeros((0, rec.height, rec.width), np.uint8)
         return encode_sample(image, pieces, no_masks, self.tokenizer, self.token_ids, self.config,
                              meta={"image_id": rec.image_id, "phrases": [], "task": "describe"})

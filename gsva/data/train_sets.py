@@ -87,7 +87,8 @@ class ConversationDataset(Dataset):
         raise NotImplementedError
 
     def _encode(self, image: np.ndarray, turns: list[Turn], masks: np.ndarray, meta: dict) -> EncodedSample:
-        return encode_sample(image, render_conversation(turns, self.config.use_im_start_end, self.config.conv_template), masks,
+        pieces = render_conversation(turns, self.config.use_im_start_end, self.config.conv_template)
+        return encode_sample(image, pieces, masks,
                              self.tokenizer, self.token_ids, self.config, meta=meta)
 
 

@@ -61,8 +61,8 @@ def _split_until_fits(group, fn):
 def _check_length(predictor: GSVAPredictor, question: str, answer) -> None:
     """Raise PromptTooLongError when the teacher-forced conversation exceeds the model's ``max_length``."""
     cfg = predictor.model.config
-    tokenize_pieces(render_conversation([Turn(question, answer)], cfg.use_im_start_end, cfg.conv_template), predictor.tokenizer,
-                    predictor.ids, cfg.num_image_tokens, cfg.max_length)
+    tokenize_pieces(render_conversation([Turn(question, answer)], cfg.use_im_start_end, cfg.conv_template),
+                    predictor.tokenizer, predictor.ids, cfg.num_image_tokens, cfg.max_length)
 
 
 def _row(image: EvalImage, expr: EvalExpression, outcome: SlotOutcome, gt: np.ndarray, ignore) -> dict:

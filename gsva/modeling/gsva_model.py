@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 class GSVAOutput:
     """Result of :meth:`GSVAModel.forward`.
 
-    ``lm_logits`` (B, L, V), or None in training mode with labels and masks (the CE then evaluates ``lm_head`` only at the
-    labelled positions, :func:`gsva.losses.causal_lm_loss_from_hidden`); ``slots`` every [SEG]/[REJ] slot; ``mask_logits`` per image (n_b, H_b, W_b) fp32 logits
-    of its [SEG] slots in order; ``loss`` the weighted losses (None when the batch has no labels/masks).
+    ``lm_logits`` (B, L, V), or None in training mode with labels and masks (the CE then evaluates ``lm_head`` only
+    at the labelled positions, :func:`gsva.losses.causal_lm_loss_from_hidden`); ``slots`` every [SEG]/[REJ] slot;
+    ``mask_logits`` per image (n_b, H_b, W_b) fp32 logits of its [SEG] slots in order; ``loss`` the weighted losses
+    (None when the batch has no labels/masks).
     """
 
     lm_logits: torch.Tensor
