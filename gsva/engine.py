@@ -185,6 +185,12 @@ class TrainRecipe:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
     """Read a YAML recipe and apply ``key=value`` overrides (values parsed as YAML). Raises ConfigError."""
+    return load_recipe_as(TrainRecipe, path, overrides)
+
+
+def load_recipe_as(cls: type, path: str | Path, overrides: list[str] | None = None):
+    """Read a YAML recipe into the dataclass ``cls`` (unknown keys are errors) with ``key=value`` overrides, and
+    return ``cls(...).validate()``. Raises ConfigError naming the file."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -197,7 +203,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRe
         key, value = item.split("=", 1)
         data[key] = yaml.safe_load(value)
     try:
-        return _from_dict(TrainRecipe, data, "recipe").validate()
+        return _from_dict(cls, data, "recipe").validate()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

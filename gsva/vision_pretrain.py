@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ConfigError, GSVAConfig, _from_dict, get_named_config
+from .config import ConfigError, GSVAConfig, get_named_config
 from .data.grefcoco import GRefCOCO
 from .data.refer import default_image_dir
 from .data.transforms import clip_preprocess
@@ -86,19 +85,10 @@ class VisionRecipe:
 
 
 def load_vision_recipe(path: str | Path, overrides: list[str] | None = None) -> VisionRecipe:
-    """Read a YAML recipe with ``key=value`` overrides. Raises ConfigError."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc}") from None
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not key=value")
-        data[key] = yaml.safe_load(value)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping")
-    return _from_dict(VisionRecipe, data, "recipe").validate()
+    """Read a YAML stage-(a) recipe with ``key=value`` overrides. Raises ConfigError."""
+    from .engine import load_recipe_as
+
+    return load_recipe_as(VisionRecipe, path, overrides)
 
 
 def patch_labels(gref: GRefCOCO, image_id: int, config: GSVAConfig) -> torch.Tensor:
@@ -133,8 +123,6 @@ def _instance_words(ann: dict, gref: GRefCOCO) -> list[str]:
     """(size, colour, shape) of a synthetic instance; "background" for an attribute it lacks (real COCO)."""
     attrs = ann.get("attributes") or {}
     shape = gref.categories.get(ann.get("category_id"), "background")
-    if isinstance(shape, dict):
-        shape = shape.get("name", "background")
     return [attrs.get("size", "background"), attrs.get("color", "background"), shape]
 
 
