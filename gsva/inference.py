@@ -23,6 +23,7 @@ from .conversation import Piece, PromptTooLongError, Turn, parse_slot_phrases, r
 from .data.transforms import clip_preprocess, sam_preprocess
 from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel
+from .prompt_lookup import draft_from_prompt
 from .tokens import add_control_tokens
 
 __all__ = ["Target", "Answer", "EncodedImage", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
@@ -91,10 +92,16 @@ class GSVAPredictor:
     Args:
         model: a GSVAModel (eval mode is set here). tokenizer: its tokenizer.
         max_new_tokens: generation budget per answer. mask_threshold: logit above which a pixel is foreground (0).
+        draft_tokens: most prompt-lookup draft ids verified per forward pass (:meth:`_generate`; 0: one token per
+            pass).
     """
 
-    def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0) -> None:
+    def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0,
+                 draft_tokens: int = 8) -> None:
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be >= 0, got {draft_tokens}")
         self.model = model.eval()
+        self.draft_tokens = draft_tokens
         self.tokenizer = tokenizer
         self.ids = add_control_tokens(tokenizer)
         self.max_new_tokens = max_new_tokens
@@ -109,12 +116,24 @@ class GSVAPredictor:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str = "cpu",
                         dtype: torch.dtype = torch.float32, quantization: str | None = None,
-                        **kwargs) -> "GSVAPredictor":
-        """Load a checkpoint (default: the shipped ``gsva-tiny``); ``quantization`` "8bit"/"4bit" runs the language
-        model through bitsandbytes (:mod:`gsva.quantization`). Raises :class:`gsva.checkpoint.CheckpointError`."""
+                        merge_lora: bool = True, **kwargs) -> "GSVAPredictor":
+        """Load a checkpoint (default: :func:`default_model_dir`) for inference.
+
+        ``merge_lora``: fold the LoRA layers into the language model's weights (same outputs up to rounding, one
+        matrix product per projection instead of three). ``quantization`` "8bit"/"4bit" runs the language model
+        through bitsandbytes (:mod:`gsva.quantization`; it merges LoRA itself). ``kwargs`` go to the constructor.
+        Raises :class:`gsva.checkpoint.CheckpointError` (and :class:`gsva.base_models.BaseModelError` through it).
+        """
         from .checkpoint import load_model
 
-        model, tokenizer = load_model(model_dir or default_model_dir(), device=device, dtype=dtype)
+        merge = merge_lora and quantization is None
+        model, tokenizer = load_model(model_dir or default_model_dir(), device=device,
+                                      dtype=torch.float32 if merge else dtype)
+        if merge:  # in float32, then cast: a bf16 sum would round away part of the small LoRA update
+            from .trainable import merge_lora as fold
+
+            fold(model)
+            model.to(dtype)
         if quantization is not None:
             from .quantization import quantize_language_model
 
@@ -199,7 +218,13 @@ class GSVAPredictor:
 
     @torch.inference_mode()
     def _generate(self, encoded: EncodedImage, prompt_ids: list[int]):
-        """Greedy decoding with a KV cache. Returns (generated ids, slot hidden states (D,), scores, is_seg)."""
+        """Greedy decoding with a KV cache and prompt-lookup drafts (:mod:`gsva.prompt_lookup`; ``draft_tokens`` 0
+        turns drafts off). Returns (generated ids, slot hidden states (D,), scores, is_seg).
+
+        Each step feeds the last chosen token plus up to ``draft_tokens`` ids copied from the prompt in one forward
+        pass; a drafted id is kept while it equals the argmax of the logits at its position, so the answer is the
+        greedy answer (up to floating-point differences between a one-token and a several-token pass).
+        """
         from transformers import DynamicCache
 
         model, device = self.model, self.model.device
@@ -207,26 +232,54 @@ class GSVAPredictor:
         hidden, cache = model.language_forward(model.embed_inputs(ids, encoded.features), None, DynamicCache(),
                                                use_cache=True)
         last = hidden[:, -1]  # (1, D): the state that predicts the next token
+        logits = model.lm_logits(last).float()[0]  # (V,)
         banned = self._banned.to(device)
+        stop_draft = {self.ids.image, self.ids.eos, *self._banned.tolist()}  # ids greedy decoding never picks
         gen: list[int] = []
         states, scores, is_seg = [], [], []
         budget = min(self.max_new_tokens, model.config.max_length - len(prompt_ids))
-        for _ in range(budget):
-            logits = model.lm_logits(last).float()[0]  # (V,)
-            logits[banned] = float("-inf")
-            token = int(logits.argmax())
+        if budget <= 0:
+            return gen, states, scores, is_seg
+        cursor = 0
+
+        def choose(state: torch.Tensor, step_logits: torch.Tensor) -> int | None:
+            """The greedy id at one position; records a slot; None at the end of the answer."""
+            step_logits[banned] = float("-inf")
+            token = int(step_logits.argmax())
             if token == self.ids.eos:
-                break
+                return None
             if token in (self.ids.seg, self.ids.rej):
-                probs = torch.softmax(logits, -1)
+                probs = torch.softmax(step_logits, -1)
                 p_seg, p_rej = float(probs[self.ids.seg]), float(probs[self.ids.rej])
-                states.append(last[0])
+                states.append(state)
                 scores.append(p_seg / max(p_seg + p_rej, 1e-12))
                 is_seg.append(token == self.ids.seg)
+            return token
+
+        token = choose(last[0], logits)
+        while token is not None:
             gen.append(token)
-            emb = model.mllm.get_input_embeddings()(torch.tensor([[token]], device=device))
-            hidden, cache = model.language_forward(emb, None, cache, use_cache=True)
-            last = hidden[:, -1]
+            if len(gen) >= budget:
+                break
+            draft, start = draft_from_prompt(prompt_ids, gen, cursor, min(self.draft_tokens, budget - len(gen)),
+                                             stop_draft)
+            feed = torch.tensor([[token] + draft], device=device)
+            hidden, cache = model.language_forward(model.mllm.get_input_embeddings()(feed), None, cache,
+                                                   use_cache=True)
+            step_logits = model.lm_logits(hidden[0]).float()  # (1 + len(draft), V)
+            accepted = 0
+            token = choose(hidden[0, 0], step_logits[0])
+            while accepted < len(draft) and token == draft[accepted]:
+                gen.append(token)
+                accepted += 1
+                if len(gen) >= budget:
+                    token = None
+                    break
+                token = choose(hidden[0, accepted], step_logits[accepted])
+            if accepted < len(draft):
+                cache.crop(accepted - len(draft))  # forget the rejected drafts' keys and values
+            if accepted:
+                cursor = start + accepted
         return gen, states, scores, is_seg
 
     def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg, decode_rejected: bool = False

@@ -1,18 +1,20 @@
 """Predictor: generation with a KV cache records the same [SEG] states as a teacher-forced pass; multi-turn."""
 
 import numpy as np
+import pytest
 import torch
 
 from gsva.conversation import Turn, render_conversation, tokenize_pieces
-from gsva.inference import GSVAPredictor
+from gsva.inference import GSVAPredictor, default_model_dir
 
 
 def _image():
     return np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
 
 
-def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer):
-    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=6)
+@pytest.mark.parametrize("draft_tokens", [0, 8])
+def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer, draft_tokens):
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=6, draft_tokens=draft_tokens)
     enc = predictor.encode_image(_image())
     question = "Can you segment the red circle in this image?"
     prompt, _ = tokenize_pieces(render_conversation([Turn(question)]), tokenizer, predictor.ids,
@@ -34,6 +36,13 @@ def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer)
     assert logits[p - 1 : p - 1 + len(gen)].argmax(-1).tolist()[:2] == gen[:2]
 
 
+def test_no_generation_budget_gives_an_empty_answer(micro_model, tokenizer):
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=0)
+    predictor.set_image(_image())
+    answer = predictor.ask("the red circle")
+    assert answer.text == "" and answer.targets == []
+
+
 def test_answer_masks_are_at_the_original_size_and_history_grows(micro_model, tokenizer):
     predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=8)
     with torch.no_grad():
@@ -47,3 +56,61 @@ def test_answer_masks_are_at_the_original_size_and_history_grows(micro_model, to
     assert len(predictor.history) == 2
     predictor.set_image(_image())
     assert predictor.history == []
+
+
+def test_prompt_lookup_copies_the_next_phrase_in_question_order():
+    from gsva.prompt_lookup import draft_from_prompt
+
+    prompt = [9, 1, 5, 6, 7, 2, 1, 5, 8, 4, 3]  # "... the red heart , the red star ..." as ids; 1 = "the"
+    # the tail [1, 5] occurs twice; the match at or after the cursor wins, the draft stops before a stop id
+    assert draft_from_prompt(prompt, [0, 1, 5], cursor=0, max_draft=3) == ([6, 7, 2], 3)
+    assert draft_from_prompt(prompt, [0, 1, 5], cursor=4, max_draft=3) == ([8, 4, 3], 8)
+    assert draft_from_prompt(prompt, [0, 1, 5], cursor=4, max_draft=3, stop_ids={4}) == ([8], 8)
+    # the longest tail with a match is used: [7, 1, 5] has none, [1, 5] has
+    assert draft_from_prompt(prompt, [7, 1, 5], cursor=0, max_draft=1) == ([6], 3)
+    assert draft_from_prompt(prompt, [42], cursor=2, max_draft=4) == ([], 2)
+    # a copy in progress continues from where it is, not from a later repeat of the same words
+    repeated = [1, 5, 6, 7, 1, 5, 6, 8]
+    assert draft_from_prompt(repeated, [0, 1, 5, 6], cursor=2, max_draft=3) == ([7, 1, 5], 3)
+    assert draft_from_prompt(repeated, [0, 7, 1, 5, 6], cursor=5, max_draft=3) == ([8], 7)
+    assert draft_from_prompt(prompt, [1], cursor=0, max_draft=0) == ([], 0)
+
+
+@pytest.mark.parametrize("which", ["gsva-tiny", "default"])
+def test_drafted_decoding_gives_the_one_token_answer(which):
+    """Three-target questions on held-out scenes: prompt-lookup drafts change the number of forward passes, not the
+    answer. The shipped default copies the asked phrases, so it needs far fewer passes; gsva-tiny (a fixture that
+    does not copy them) checks the equality on answers where most drafts are rejected."""
+    from gsva.data.synth import make_scene, scene_expressions
+
+    model_dir = default_model_dir() if which == "default" else default_model_dir().parent / "gsva-tiny"
+    base = GSVAPredictor.from_pretrained(model_dir, draft_tokens=0)
+    drafted = GSVAPredictor(base.model, base.tokenizer, draft_tokens=8)
+    calls = []
+    forward = base.model.language_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    base.model.language_forward = counting
+    passes = {}
+    for scene_index in range(3):
+        scene = make_scene(2024, scene_index)
+        phrases = [p for p, _ in scene_expressions(scene, 2024, scene_index)][:3]
+        question = "What are " + ", ".join(phrases) + " in this image?"
+        encoded = base.encode_image(scene.image)
+        answers = []
+        for name, predictor in (("one", base), ("drafted", drafted)):
+            calls.clear()
+            answers.append(predictor.answer(encoded, [], question)[0])
+            passes[name] = passes.get(name, 0) + len(calls)
+        one, fast = answers
+        assert fast.text == one.text
+        assert [(t.phrase, t.status) for t in fast.targets] == [(t.phrase, t.status) for t in one.targets]
+        for a, b in zip(one.targets, fast.targets):
+            assert abs(a.score - b.score) < 1e-4
+            if a.mask is not None:
+                assert (a.mask != b.mask).mean() < 1e-3
+    if which == "default":
+        assert passes["drafted"] < 0.6 * passes["one"], passes
