@@ -17,9 +17,11 @@ with the image already set. Per asked target:
   target assigned to the absent phrase is ``[REJ]``. ``extra_targets``: answer targets left unassigned (all
   scenes).
 
-Latency: median and 90th percentile of the question time (image set; prefill + generation + mask decoding) and of
-``set_image``, after one warm-up scene. Targets (issue #12): phrase_equal >= 0.98, present_mean_iou >= 0.70,
-absent_rejected >= 0.90, question median <= 1.0 s and set_image median <= 0.3 s on 2 CPU cores.
+Latency: language-model passes per question (``passes_median``: prefill + one per step; with prompt-lookup drafts
+a step may add several tokens), median and 90th percentile of the question time (image set; prefill + generation
++ mask decoding) and of ``set_image``, after one warm-up scene. Targets (issue #12): phrase_equal >= 0.98,
+present_mean_iou >= 0.70, absent_rejected >= 0.90, question median <= 1.0 s and set_image median <= 0.3 s on
+2 CPU cores.
 """
 
 from __future__ import annotations
@@ -70,31 +72,44 @@ def main() -> int:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--draft-tokens", type=int, default=8, help="prompt-lookup drafts per pass (0: off)")
+    parser.add_argument("--draft-tokens", type=int, default=3, help="prompt-lookup drafts per pass (0: off)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.scenes < 1:
         parser.error("--scenes must be at least 1")
     torch.set_num_threads(args.threads)
     model_dir = args.model or default_model_dir()
-    predictor = GSVAPredictor.from_pretrained(model_dir, draft_tokens=args.draft_tokens)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    predictor = GSVAPredictor.from_pretrained(model_dir, dtype=dtype, draft_tokens=args.draft_tokens)
+    passes: list[int] = []
+    forward = predictor.model.language_forward
+
+    def counted(*a, **k):  # language-model passes per question (prefill + one per verified draft)
+        passes[-1] += 1
+        return forward(*a, **k)
+
+    predictor.model.language_forward = counted
     cases, index = [], 0
     while len(cases) < args.scenes + 1:  # + 1 warm-up scene, not counted
         case = three_target_case(args.seed, index)
         index += 1
         if case is not None:
             cases.append(case)
-    equal, present_ious, absent_ok, set_times, ask_times, examples, extra_targets = [], [], [], [], [], [], []
+    equal, present_ious, absent_ok, extra_targets, tokens = [], [], [], [], []
+    set_times, ask_times, examples = [], [], []
     for n, (scene, asked) in enumerate(cases):
         question = "What are " + ", ".join(p for p, _ in asked) + " in this image?"
         t0 = time.perf_counter()
         predictor.set_image(scene.image)
         t1 = time.perf_counter()
+        passes.append(0)
         answer = predictor.ask(question)
         t2 = time.perf_counter()
         if n == 0:
             continue
         set_times.append(t1 - t0)
+        tokens.append(len(predictor.tokenizer(answer.text, add_special_tokens=False).input_ids))
         ask_times.append(t2 - t1)
         unclaimed = list(answer.targets)
         for phrase, _ in asked:  # exact equality, one answer target per asked phrase
@@ -120,10 +135,13 @@ def main() -> int:
         "seed": args.seed,
         "scenes": len(ask_times),
         "draft_tokens": args.draft_tokens,
+        "dtype": args.dtype,
         "phrase_equal": float(np.mean(equal)),
         "present_mean_iou": float(np.mean(present_ious)),
         "absent_rejected": float(np.mean(absent_ok)),
         "extra_targets": int(sum(extra_targets)),
+        "passes_median": statistics.median(passes[1:]),
+        "answer_tokens_median": statistics.median(tokens),
         "question_median_s": statistics.median(ask_times),
         "question_p90_s": float(np.percentile(ask_times, 90)),
         "set_image_median_s": statistics.median(set_times),

@@ -57,7 +57,9 @@ class TrainRecipe:
     LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
     A config on a base model (``gsva-smol``) starts from its base (:mod:`gsva.base_models`), the vision tower of
     stage (a) (``vision_init``: a ``vision.safetensors``, :mod:`gsva.vision_pretrain`) and the SAM of
-    ``sam_init`` (a GSVA checkpoint directory whose ``sam.*`` weights have the same shapes).
+    ``sam_init`` (a GSVA checkpoint directory whose ``sam.*`` weights have the same shapes); ``slot_row_words``
+    (two words, e.g. ``[yes, no]``) starts the ``[SEG]``/``[REJ]`` rows as the base's rows of those words
+    (:func:`gsva.modeling.base_weights.init_slot_rows`).
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations; images under ``image_root``, default
     ``<root>/images/mscoco/images/train2014`` as GSVA's ``refer_seg`` layout, else ``<root>/images``), ``train_split``.
     Or the paper's mixture: ``datasets`` ({family: [dataset names]}, :mod:`gsva.data.training_mix`; e.g.
@@ -88,6 +90,7 @@ class TrainRecipe:
     init_from: str | None = None
     vision_init: str | None = None
     sam_init: str | None = None
+    slot_row_words: list[str] | None = None
     llava_path: str | None = None
     sam_checkpoint: str | None = None
     model_overrides: dict = field(default_factory=dict)
@@ -265,6 +268,7 @@ def build_on_base(config: GSVAConfig, recipe: TrainRecipe) -> tuple[GSVAModel, o
     """Stage (d) start: the base model, the stage-(a) vision tower and the SAM of ``recipe.sam_init``."""
     from .base_models import build_based_model
     from .checkpoint import _check_keys, load_weights
+    from .modeling.base_weights import init_slot_rows
     from .vision_pretrain import load_vision_weights
 
     model, tokenizer = build_based_model(config)
@@ -272,6 +276,8 @@ def build_on_base(config: GSVAConfig, recipe: TrainRecipe) -> tuple[GSVAModel, o
         load_vision_weights(model, recipe.vision_init)
     else:
         logger.warning("no vision_init: the vision tower starts from random weights")
+    if recipe.slot_row_words:
+        init_slot_rows(model, tokenizer, recipe.slot_row_words)
     if recipe.sam_init:
         state, source = load_weights(recipe.sam_init)
         state = {k: v for k, v in state.items() if k.startswith("sam.")}

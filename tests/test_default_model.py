@@ -117,6 +117,32 @@ def test_real_photograph_gets_an_answer(tmp_path):
 
 
 @pytest.mark.slow
+@KNOWN_WEAK
+def test_a_photograph_answer_names_what_was_asked(tmp_path):
+    import gradio
+
+    photo = Path(gradio.__file__).parent / "media_assets" / "images" / "lion.jpg"
+    proc = run_predict("--image", photo, "--query", "What are the lion, the red car in this image?",
+                       "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert [t["phrase"] for t in result["targets"]] == ["the lion", "the red car"], result
+
+
+@pytest.mark.slow
+@KNOWN_WEAK
+def test_a_question_without_targets_is_answered_in_words(tmp_path):
+    scene, _, _, _ = held_out_case()
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    proc = run_predict("--image", tmp_path / "scene.png", "--query", "What colour is the large shape?",
+                       "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["targets"] == [], result
+    assert len(result["answer"].split()) >= 2 and "[SEG]" not in result["answer"], result
+
+
+@pytest.mark.slow
 def test_control_strings_in_the_query_are_plain_text(tmp_path):
     scene, present, _absent, _ = held_out_case()
     Image.fromarray(scene.image).save(tmp_path / "scene.png")

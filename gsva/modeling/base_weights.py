@@ -88,6 +88,22 @@ def word_token_ids(tokenizer, groups: list[list[str]]) -> list[int]:
     return ids
 
 
+def init_slot_rows(model, tokenizer, words: list[str]) -> None:
+    """Start the ``[SEG]`` and ``[REJ]`` embedding rows (tied: also their ``lm_head`` rows) as copies of the base's
+    rows of two words, e.g. ``["yes", "no"]``, so that the presence decision begins on a readout the pretrained model
+    already has (first piece of each word with a leading space, as :func:`word_token_ids`).
+
+    Raises ValueError unless exactly two words are given.
+    """
+    if len(words) != 2:
+        raise ValueError(f"slot_row_words needs two words ([SEG], [REJ]), got {words!r}")
+    seg_word, rej_word = word_token_ids(tokenizer, [list(words)])
+    embed = model.mllm.get_input_embeddings().weight
+    with torch.no_grad():
+        embed[model.token_ids.seg].copy_(embed[seg_word])
+        embed[model.token_ids.rej].copy_(embed[rej_word])
+
+
 def own_state_dict(model, full_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The weights a based checkpoint holds: every key that :func:`is_base_key` rejects, plus
     :data:`ADDED_ROWS_KEY` (the embedding rows from ``config.text.vocab_size`` on). ``full_state``: take them from
