@@ -26,6 +26,19 @@ def run_predict(*args, cwd=None):
                           text=True, timeout=300, cwd=cwd or REPO)
 
 
+def predict_result(tmp_path, image, query) -> dict:
+    """``gsva predict`` on one image and question; its ``result.json`` (the run must succeed)."""
+    proc = run_predict("--image", image, "--query", query, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((tmp_path / "out" / "result.json").read_text())
+
+
+def lion_photo() -> Path:
+    import gradio
+
+    return Path(gradio.__file__).parent / "media_assets" / "images" / "lion.jpg"
+
+
 def held_out_case():
     """(scene, [present phrase, present phrase], absent phrase, [object index, object index])."""
     for index in range(200):
@@ -102,13 +115,8 @@ def test_three_targets_on_a_held_out_scene(tmp_path):
 
 @pytest.mark.slow
 def test_real_photograph_gets_an_answer(tmp_path):
-    import gradio
-
-    photo = Path(gradio.__file__).parent / "media_assets" / "images" / "lion.jpg"
-    proc = run_predict("--image", photo, "--query", "Can you segment the lion and the red car in this image?",
-                       "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    photo = lion_photo()
+    result = predict_result(tmp_path, photo, "Can you segment the lion and the red car in this image?")
     assert isinstance(result["answer"], str) and result["answer"]
     for t in result["targets"]:
         assert t["status"] in ("seg", "rej") and 0.0 <= t["score"] <= 1.0
@@ -119,13 +127,7 @@ def test_real_photograph_gets_an_answer(tmp_path):
 @pytest.mark.slow
 @KNOWN_WEAK
 def test_a_photograph_answer_names_what_was_asked(tmp_path):
-    import gradio
-
-    photo = Path(gradio.__file__).parent / "media_assets" / "images" / "lion.jpg"
-    proc = run_predict("--image", photo, "--query", "What are the lion, the red car in this image?",
-                       "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    result = predict_result(tmp_path, lion_photo(), "What are the lion, the red car in this image?")
     assert [t["phrase"] for t in result["targets"]] == ["the lion", "the red car"], result
 
 
@@ -134,10 +136,7 @@ def test_a_photograph_answer_names_what_was_asked(tmp_path):
 def test_a_question_without_targets_is_answered_in_words(tmp_path):
     scene, _, _, _ = held_out_case()
     Image.fromarray(scene.image).save(tmp_path / "scene.png")
-    proc = run_predict("--image", tmp_path / "scene.png", "--query", "What colour is the large shape?",
-                       "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    result = predict_result(tmp_path, tmp_path / "scene.png", "What colour is the large shape?")
     assert result["targets"] == [], result
     assert len(result["answer"].split()) >= 2 and "[SEG]" not in result["answer"], result
 

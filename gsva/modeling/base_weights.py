@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ADDED_ROWS_KEY", "is_base_key", "attach_base", "train_added_rows_only", "own_state_dict", "word_token_ids"]
+__all__ = ["ADDED_ROWS_KEY", "is_base_key", "attach_base", "train_added_rows_only", "init_slot_rows", "own_state_dict",
+           "word_token_ids"]
 
 ADDED_ROWS_KEY = "mllm.added_token_embeddings"
 """Checkpoint key of the (V - V_base, D) embedding rows of the tokens added to the base tokenizer."""
