@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ class VisionConfig:
     layer-normed first; see :class:`gsva.modeling.mllm.NormedMlpProjector`) or ``"word"`` (ours, for a small tower
     in front of a pretrained language model: each patch becomes G tokens that are the language model's own
     embeddings of the words the tower reads there, one word from each of ``word_groups``; see
-    :class:`gsva.modeling.word_projector.WordProjector`). ``preprocess`` is ``"center_crop"``
+    :class:`gsva.modeling.word_projector.WordProjector`) or ``"object_words"`` (ours: the same patch words grouped
+    into at most ``max_objects`` objects, written left to right, ``len(word_groups) + 1`` tokens each, with a fixed
+    position code of RMS ``position_scale``; patches are grouped by their word of group ``object_group``; see
+    :class:`gsva.modeling.object_projector.ObjectWordProjector`). ``preprocess`` is ``"center_crop"``
     (CLIP's: shortest side to ``image_size``, then a centred crop, as the official code does) or ``"resize"``
     (squash the whole image to ``image_size`` x ``image_size``, so no object near the border is cut away; used by
     ``gsva-tiny``).
@@ -74,6 +78,14 @@ class VisionConfig:
     projector_type: str = "linear"
     preprocess: str = "center_crop"
     word_groups: list[list[str]] = field(default_factory=list)
+    max_objects: int = 0
+    object_group: int = 0
+    position_scale: float = 0.0
+
+    @property
+    def reads_words(self) -> bool:
+        """Whether the projector emits the language model's embeddings of words read by the tower."""
+        return self.projector_type in ("word", "object_words")
 
     @property
     def num_patches(self) -> int:
@@ -87,16 +99,24 @@ class VisionConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """T = P x G, the number of image tokens per image (256 for ViT-L/14-224)."""
+        """T, the number of image tokens per image: P x G (256 for ViT-L/14-224), or max_objects x (G + 1) with the
+        ``"object_words"`` projector."""
+        if self.projector_type == "object_words":
+            return self.max_objects * (len(self.word_groups) + 1)
         return self.num_patches * self.tokens_per_patch
 
     def validate(self) -> None:
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.projector_type not in ("linear", "mlp2x_gelu", "ln_mlp2x_gelu", "word"):
-            raise ConfigError("vision.projector_type must be 'linear', 'mlp2x_gelu', 'ln_mlp2x_gelu' or 'word', "
-                              f"got {self.projector_type!r}")
-        if self.projector_type == "word" and (not self.word_groups or any(
+        if self.projector_type not in ("linear", "mlp2x_gelu", "ln_mlp2x_gelu", "word", "object_words"):
+            raise ConfigError("vision.projector_type must be 'linear', 'mlp2x_gelu', 'ln_mlp2x_gelu', 'word' or "
+                              f"'object_words', got {self.projector_type!r}")
+        if self.projector_type == "object_words" and (
+                self.max_objects < 1 or not 0 <= self.object_group < len(self.word_groups)
+                or self.position_scale < 0 or math.isqrt(self.num_patches) ** 2 != self.num_patches):
+            raise ConfigError("vision.projector_type 'object_words' needs max_objects >= 1, object_group indexing "
+                              "word_groups, position_scale >= 0 and a square patch grid")
+        if self.reads_words and (not self.word_groups or any(
                 len(g) < 2 or not all(isinstance(w, str) and w.strip() == w and w for w in g)
                 for g in self.word_groups)):
             raise ConfigError("vision.word_groups must hold groups of >= 2 non-empty words without surrounding spaces")
@@ -274,8 +294,9 @@ class GSVAConfig:
         if self.text.base is not None and self.trainable.llm_layers:
             raise ConfigError("trainable.llm_layers cannot be on with text.base: the base's layers are never saved "
                               "(train them through LoRA)")
-        if self.vision.projector_type == "word" and self.text.base is None:
-            raise ConfigError("vision.projector_type 'word' needs text.base (its word embeddings come from the base)")
+        if self.vision.reads_words and self.text.base is None:
+            raise ConfigError(f"vision.projector_type {self.vision.projector_type!r} needs text.base (its word "
+                              "embeddings come from the base)")
         return self
 
     # -- serialisation -----------------------------------------------------------------------------------------
@@ -378,8 +399,8 @@ def _smol() -> GSVAConfig:
         name="gsva-smol",
         vision=VisionConfig(
             hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-            image_size=160, patch_size=20, feature_layer=-1, projector_type="word", preprocess="resize",
-            word_groups=[list(g) for g in SMOL_WORD_GROUPS],
+            image_size=160, patch_size=20, feature_layer=-1, projector_type="object_words", preprocess="resize",
+            word_groups=[list(g) for g in SMOL_WORD_GROUPS], max_objects=8, object_group=1, position_scale=0.05,
         ),
         text=TextConfig(
             hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -391,7 +412,7 @@ def _smol() -> GSVAConfig:
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                           "down_proj"]),
         loss=LossConfig(),
-        trainable=TrainableConfig(vision_tower=False, mm_projector=True, sam_image_encoder=False, llm_layers=False),
+        trainable=TrainableConfig(vision_tower=False, mm_projector=False, sam_image_encoder=False, llm_layers=False),
         conv_template="chatml",
         max_length=512,
     )

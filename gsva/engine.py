@@ -57,7 +57,8 @@ class TrainRecipe:
     LLaVA directory) + ``sam_checkpoint`` (``sam_vit_*.pth``). ``init_from``: a GSVA checkpoint directory instead.
     A config on a base model (``gsva-smol``) starts from its base (:mod:`gsva.base_models`), the vision tower of
     stage (a) (``vision_init``: a ``vision.safetensors``, :mod:`gsva.vision_pretrain`) and the SAM of
-    ``sam_init`` (a GSVA checkpoint directory whose ``sam.*`` weights have the same shapes); ``slot_row_words``
+    ``sam_init`` (stage (c)'s ``sam.safetensors``, :mod:`gsva.sam_pretrain`, or a GSVA checkpoint directory whose
+    ``sam.*`` weights have the same shapes); ``slot_row_words``
     (two words, e.g. ``[yes, no]``) starts the ``[SEG]``/``[REJ]`` rows as the base's rows of those words
     (:func:`gsva.modeling.base_weights.init_slot_rows`).
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations; images under ``image_root``, default
@@ -72,7 +73,9 @@ class TrainRecipe:
     Length: ``max_steps`` optimizer steps (the paper's pre-training), or ``epochs`` full passes over the training
     images (the paper's fine-tuning, appendix Table A3), which then sets the step count.
     ``caption_rate``: share of training items that are describe-the-scene conversations instead of GRES ones
-    (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch).
+    (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch);
+    ``attribute_rate``: share of those that are attribute questions answered in words instead
+    (:func:`gsva.data.describe.attribute_question`).
     ``max_bad_steps``: a step whose loss is NaN/inf is skipped (no update) and logged; more than this many in a row
     stop the run with an error.
     Validation: every ``val_every`` steps (0 = never) the first ``val_limit`` images of ``val_split`` of
@@ -104,6 +107,7 @@ class TrainRecipe:
     explanatory: float = 0.1
     max_targets: int = 5
     caption_rate: float = 0.0
+    attribute_rate: float = 0.0
     tokenizer_vocab_size: int = 1000
     output_dir: str = "runs/gsva-tiny"
     seed: int = 0
@@ -143,6 +147,8 @@ class TrainRecipe:
                 raise ConfigError(f"{name} must be >= 1")
         if not 0.0 <= self.caption_rate < 1.0:
             raise ConfigError("caption_rate must be in [0, 1)")
+        if not 0.0 <= self.attribute_rate <= 1.0:
+            raise ConfigError("attribute_rate must be in [0, 1]")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ConfigError("warmup_steps must be >= 0 and lr > 0")
         if self.epochs is not None and self.epochs < 1:
@@ -269,6 +275,7 @@ def build_on_base(config: GSVAConfig, recipe: TrainRecipe) -> tuple[GSVAModel, o
     from .base_models import build_based_model
     from .checkpoint import _check_keys, load_weights
     from .modeling.base_weights import init_slot_rows
+    from .sam_pretrain import load_sam_weights
     from .vision_pretrain import load_vision_weights
 
     model, tokenizer = build_based_model(config)
@@ -278,7 +285,9 @@ def build_on_base(config: GSVAConfig, recipe: TrainRecipe) -> tuple[GSVAModel, o
         logger.warning("no vision_init: the vision tower starts from random weights")
     if recipe.slot_row_words:
         init_slot_rows(model, tokenizer, recipe.slot_row_words)
-    if recipe.sam_init:
+    if recipe.sam_init and str(recipe.sam_init).endswith(".safetensors"):
+        load_sam_weights(model, recipe.sam_init)
+    elif recipe.sam_init:
         state, source = load_weights(recipe.sam_init)
         state = {k: v for k, v in state.items() if k.startswith("sam.")}
         expected = {k: v for k, v in model.state_dict().items() if k.startswith("sam.")}
@@ -426,7 +435,8 @@ class Trainer:
         token_ids = add_control_tokens(self.tokenizer)
         if sources is None:
             return GRESConversationDataset(self.gref, r.train_split, self.tokenizer, token_ids, self.model.config,
-                                           max_targets=r.max_targets, seed=r.seed, caption_rate=r.caption_rate)
+                                           max_targets=r.max_targets, seed=r.seed, caption_rate=r.caption_rate,
+                                           attribute_rate=r.attribute_rate)
         from .data.training_mix import conversation_datasets
 
         families = conversation_datasets(sources, self.tokenizer, token_ids, self.model.config, r.max_targets,

@@ -7,11 +7,13 @@ least :data:`MIN_COVER`, gives one word per group of ``vision.word_groups`` (its
 label is its last word ("background"). The loss is the mean over groups of the cross-entropy of
 :meth:`gsva.modeling.word_projector.WordProjector.word_logits` against those labels, object patches weighted
 ``object_weight`` times a background patch (most patches are background; unweighted, the tower learned colour but
-read shapes on object patches at 0.27, chance 0.17, after 750 steps).
+read shapes on object patches at 0.27, chance 0.17, after 750 steps). With the ``object_words`` projector the
+crop reader (:class:`gsva.modeling.object_projector.CropWordReader`) trains beside it on the objects of the true patch
+labels (:class:`PatchWordDataset`): its loss, the mean over groups of the objects' cross-entropy, is added.
 
-Output: ``<output_dir>/vision.safetensors`` holding the keys of ``mllm.model.vision_tower.*`` and
-``mllm.model.multi_modal_projector.{norm,classifier}.*`` (prefixes as in :class:`gsva.modeling.gsva_model.GSVAModel`)
-and ``vision.json`` (config name, steps, held-out patch accuracy per group). Checkpoints every ``save_every`` steps
+Output: ``<output_dir>/vision.safetensors`` holding the keys of :data:`VISION_PREFIXES` (as in
+:class:`gsva.modeling.gsva_model.GSVAModel`) and ``vision.json`` (config name, steps, held-out accuracy per group on
+all patches, on object patches, and of the crop reader on objects). Checkpoints every ``save_every`` steps
 in ``<output_dir>/state.pt`` (tensors and numbers only) let a killed run resume from its last saved step
 (the interrupted pass over the data starts again from its beginning, in a new order).
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .config import ConfigError, GSVAConfig, get_named_config
@@ -38,6 +39,8 @@ from .data.grefcoco import GRefCOCO
 from .data.refer import default_image_dir
 from .data.transforms import clip_preprocess
 from .images import load_image
+from .modeling.object_projector import CROP_SIZE, object_crops, patch_components
+from .stage_loop import StageTrainer, load_stage_weights
 
 __all__ = ["VisionRecipe", "PatchWordDataset", "patch_labels", "patch_word_loss", "VisionTrainer", "MIN_COVER",
            "load_vision_weights", "VISION_PREFIXES"]
@@ -48,13 +51,14 @@ MIN_COVER = 0.15
 """Least share of a patch an instance must cover for the patch to be labelled with its words."""
 
 VISION_PREFIXES = ("mllm.model.vision_tower.", "mllm.model.multi_modal_projector.norm.",
-                   "mllm.model.multi_modal_projector.classifier.")
+                   "mllm.model.multi_modal_projector.classifier.", "mllm.model.multi_modal_projector.crop_reader.")
 """The model keys stage (a) trains and writes."""
 
 
 @dataclass
 class VisionRecipe:
-    """Stage (a) recipe (YAML; unknown keys are errors). ``model``: a named config with ``projector_type: word``."""
+    """Stage (a) recipe (YAML; unknown keys are errors). ``model``: a named config whose projector reads words
+    (``projector_type`` ``word`` or ``object_words``)."""
 
     model: str = "gsva-smol"
     data_root: str = "data/synth"
@@ -79,7 +83,7 @@ class VisionRecipe:
         for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        if get_named_config(self.model).vision.projector_type != "word":
+        if not get_named_config(self.model).vision.reads_words:
             raise ConfigError(f"{self.model} has no word projector; stage (a) trains gsva-smol-like configs")
         return self
 
@@ -127,8 +131,15 @@ def _instance_words(ann: dict, gref: GRefCOCO) -> list[str]:
 
 
 class PatchWordDataset(torch.utils.data.Dataset):
-    """(CLIP pixels (3, s, s) float32, labels (P, G) int64) per image of ``split``; flips left-right at random
-    with ``augment`` (the labels' patch columns flip with it)."""
+    """Per image of ``split``: (CLIP pixels (3, s, s) float32, labels (P, G) int64, object crops (n, 3, c, c)
+    float32, object labels (n, G) int64, object extents (n, 2) float32); flips left-right at random with ``augment``
+    (the labels' patch columns flip with it).
+
+    The objects (``object_words`` configs only; n = 0 otherwise) are those :class:`ObjectWordProjector` would find
+    in the true patch labels: connected patches with the same word of ``object_group``
+    (:func:`gsva.modeling.object_projector.patch_components`); an object's label in each group is its patches'
+    most frequent one; crops and extents from :func:`gsva.modeling.object_projector.object_crops`.
+    """
 
     def __init__(self, gref: GRefCOCO, split: str, config: GSVAConfig, augment: bool = False, seed: int = 0):
         self.gref, self.config, self.augment, self.seed = gref, config, augment, seed
@@ -141,13 +152,21 @@ class PatchWordDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         rec = self.records[index]
         image = load_image(self.gref.image_path(rec))
-        pixels = clip_preprocess(image, self.config.vision.image_size, self.config.vision.preprocess)
+        v = self.config.vision
+        pixels = clip_preprocess(image, v.image_size, v.preprocess)
         labels = patch_labels(self.gref, rec.image_id, self.config)
+        side = v.image_size // v.patch_size
         if self.augment and random.Random(f"{self.seed}-{index}-{self.epoch}").random() < 0.5:
-            side = self.config.vision.image_size // self.config.vision.patch_size
             pixels = pixels.flip(-1)
             labels = labels.reshape(side, side, -1).flip(1).reshape(side * side, -1)
-        return pixels, labels
+        crops, object_labels, extents = torch.zeros((0, 3, CROP_SIZE, CROP_SIZE)), torch.zeros(
+            (0, len(v.word_groups)), dtype=torch.long), torch.zeros((0, 2))
+        if v.projector_type == "object_words":
+            objects = patch_components(labels[:, v.object_group], len(v.word_groups[v.object_group]) - 1)
+            if objects:
+                crops, extents = object_crops(pixels, objects, side)
+                object_labels = torch.stack([labels[m].mode(dim=0).values for m in objects])
+        return pixels, labels, crops, object_labels, extents
 
 
 def patch_word_loss(logits: list[torch.Tensor], labels: torch.Tensor, object_weight: float = 1.0) -> torch.Tensor:
@@ -169,6 +188,7 @@ class VisionTower(nn.Module):
         super().__init__()
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
+        from .modeling.object_projector import ObjectWordProjector
         from .modeling.word_projector import WordProjector
 
         v = config.vision
@@ -180,13 +200,27 @@ class VisionTower(nn.Module):
         self.mllm = nn.Module()
         self.mllm.model = nn.Module()
         self.mllm.model.vision_tower = tower
-        self.mllm.model.multi_modal_projector = WordProjector(v.hidden_size, config.text.hidden_size, v.num_patches,
-                                                              [len(g) for g in v.word_groups])
+        sizes = [len(g) for g in v.word_groups]
+        if v.projector_type == "object_words":
+            projector = ObjectWordProjector(v.hidden_size, config.text.hidden_size, v.num_patches, sizes,
+                                            v.max_objects, v.object_group, v.position_scale)
+        else:
+            projector = WordProjector(v.hidden_size, config.text.hidden_size, v.num_patches, sizes)
+        self.mllm.model.multi_modal_projector = projector
 
     def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Per group g, patch-word logits (B, P, K_g)."""
         out = self.mllm.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
         feats = out.hidden_states[self.feature_layer][:, 1:]  # drop CLS (LLaVA's "default" strategy)
         return self.mllm.model.multi_modal_projector.word_logits(feats)
+
+    def crop_logits(self, crops: torch.Tensor, extents: torch.Tensor) -> list[torch.Tensor]:
+        """Per group g, object-word logits (N, K_g) of the crop reader (``object_words`` configs)."""
+        return self.mllm.model.multi_modal_projector.crop_reader(crops, extents)
+
+    @property
+    def reads_crops(self) -> bool:
+        return hasattr(self.mllm.model.multi_modal_projector, "crop_reader")
 
     def stage_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(VISION_PREFIXES)}
@@ -195,28 +229,21 @@ class VisionTower(nn.Module):
 def load_vision_weights(model: nn.Module, path: str | Path) -> None:
     """Copy a stage-(a) ``vision.safetensors`` into a GSVAModel (exactly the :data:`VISION_PREFIXES` keys, same
     shapes). Raises :class:`gsva.checkpoint.CheckpointError`."""
-    from .checkpoint import CheckpointError, _check_keys
-
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on a bad file
-        raise CheckpointError(f"{path}: cannot read the vision weights ({exc})") from None
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith(VISION_PREFIXES)}
-    _check_keys(expected, state, path)
-    with torch.no_grad():
-        for k, v in state.items():
-            expected[k].copy_(v)
+    load_stage_weights(model, path, VISION_PREFIXES)
 
 
 def _collate(items):
-    return torch.stack([p for p, _ in items]), torch.stack([lab for _, lab in items])
+    """-> (pixels (B, 3, s, s), labels (B, P, G), crops (N, 3, c, c), object labels (N, G), extents (N, 2))."""
+    return (torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]),
+            *(torch.cat([it[k] for it in items]) for k in (2, 3, 4)))
 
 
-class VisionTrainer:
+class VisionTrainer(StageTrainer):
     """Runs a :class:`VisionRecipe`; :meth:`run` trains (resuming from ``state.pt``) and writes the outputs."""
 
+    stage = "stage (a)"
+
     def __init__(self, recipe: VisionRecipe) -> None:
-        self.recipe = recipe
         if recipe.torch_threads:
             torch.set_num_threads(recipe.torch_threads)
         torch.manual_seed(recipe.seed)
@@ -224,100 +251,67 @@ class VisionTrainer:
         root = Path(recipe.data_root)
         self.gref = GRefCOCO(root / "grefcoco", default_image_dir(root, "grefcoco"))
         self.net = VisionTower(self.config)
-        self.out = Path(recipe.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        params = [p for k, p in self.net.named_parameters() if k.startswith(VISION_PREFIXES)]
-        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        warm, total = recipe.warmup_steps, recipe.max_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, 1 - (s - warm) / max(1, total - warm)))
-        self.step = 0
-        state_path = self.out / "state.pt"
-        if state_path.is_file():
-            state = torch.load(state_path, weights_only=True)
-            self.net.load_state_dict(state["model"], strict=True)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.step = state["step"]
-            logger.info("resuming stage (a) from step %d", self.step)
+        self._setup(recipe, [p for k, p in self.net.named_parameters() if k.startswith(VISION_PREFIXES)])
 
-    def _save_state(self) -> None:
-        tmp = self.out / "state.pt.tmp"
-        torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "step": self.step}, tmp)
-        os.replace(tmp, self.out / "state.pt")
+    def dataset(self, split: str, augment: bool) -> PatchWordDataset:
+        return PatchWordDataset(self.gref, split, self.config, augment=augment, seed=self.recipe.seed)
+
+    collate = staticmethod(_collate)
+
+    def loss(self, batch) -> torch.Tensor:
+        """Patch-word loss, plus (``object_words``) the crop reader's mean CE over groups on the batch's objects."""
+        pixels, labels, crops, object_labels, extents = batch
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = self.net(pixels)
+            crop_logits = self.net.crop_logits(crops, extents) if self.net.reads_crops and len(crops) else None
+        loss = patch_word_loss(logits, labels, self.recipe.object_weight)
+        if crop_logits is not None:
+            loss = loss + torch.stack([F.cross_entropy(lg.float(), object_labels[:, g])
+                                       for g, lg in enumerate(crop_logits)]).mean()
+        return loss
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Patch accuracy per group on the first ``val_images`` images of ``val_split``: on all patches and on
         object patches only (labels other than "background")."""
         self.net.eval()
-        data = PatchWordDataset(self.gref, self.recipe.val_split, self.config)
+        data = self.dataset(self.recipe.val_split, augment=False)
         idx = list(range(min(len(data), self.recipe.val_images)))
-        hits = np.zeros((len(self.config.vision.word_groups), 2))
-        counts = np.zeros_like(hits)
+        groups = len(self.config.vision.word_groups)
+        hits, counts = np.zeros((groups, 3)), np.zeros((groups, 3))
+        exact = objects = 0
         for start in range(0, len(idx), 32):
-            pixels, labels = _collate([data[i] for i in idx[start:start + 32]])
+            pixels, labels, crops, object_labels, extents = _collate([data[i] for i in idx[start:start + 32]])
             for g, logits in enumerate(self.net(pixels)):
                 pred, lab = logits.argmax(-1), labels[..., g]
                 obj = lab != len(self.config.vision.word_groups[g]) - 1
-                hits[g] += [(pred == lab).sum().item(), ((pred == lab) & obj).sum().item()]
-                counts[g] += [lab.numel(), obj.sum().item()]
+                hits[g, :2] += [(pred == lab).sum().item(), ((pred == lab) & obj).sum().item()]
+                counts[g, :2] += [lab.numel(), obj.sum().item()]
+            if self.net.reads_crops and len(crops):
+                right = torch.stack([lg[:, :-1].argmax(-1) == object_labels[:, g]
+                                     for g, lg in enumerate(self.net.crop_logits(crops, extents))], dim=1)
+                hits[:, 2] += right.sum(0).numpy()
+                counts[:, 2] += len(crops)
+                exact += int(right.all(1).sum())
+                objects += len(crops)
         self.net.train()
-        names = ("size", "colour", "shape") if len(hits) == 3 else tuple(f"group{g}" for g in range(len(hits)))
+        names = ("size", "colour", "shape") if groups == 3 else tuple(f"group{g}" for g in range(groups))
         out = {}
         for g, name in enumerate(names):
             out[f"{name}_acc"] = float(hits[g, 0] / max(counts[g, 0], 1))
             out[f"{name}_object_acc"] = float(hits[g, 1] / max(counts[g, 1], 1))
+            if objects:
+                out[f"{name}_crop_acc"] = float(hits[g, 2] / counts[g, 2])
+        if objects:
+            out["object_exact_acc"] = exact / objects
         return out
 
-    def run(self) -> Path:
-        """Train to ``max_steps``; write ``vision.safetensors`` + ``vision.json``; return the safetensors path."""
+    def write_outputs(self, metrics: dict[str, float]) -> Path:
+        """``vision.safetensors`` + ``vision.json``; returns the safetensors path."""
         r = self.recipe
-        writer = None
-        if r.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.out / "tensorboard"))
-        data = PatchWordDataset(self.gref, r.train_split, self.config, augment=True, seed=r.seed)
-        self.net.train()
-        epoch = self.step * r.batch_size // max(len(data), 1)
-        while self.step < r.max_steps:
-            data.epoch = epoch
-            loader = torch.utils.data.DataLoader(data, batch_size=r.batch_size, shuffle=True, drop_last=True,
-                                                 num_workers=r.num_workers, collate_fn=_collate,
-                                                 generator=torch.Generator().manual_seed(r.seed + epoch))
-            for pixels, labels in loader:
-                if self.step >= r.max_steps:
-                    break
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    logits = self.net(pixels)
-                loss = patch_word_loss(logits, labels, r.object_weight)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
-                if self.step % r.log_every == 0:
-                    logger.info("step %d/%d loss %.4f lr %.2e", self.step, r.max_steps, loss.item(),
-                                self.scheduler.get_last_lr()[0])
-                    if writer:
-                        writer.add_scalar("train/loss", loss.item(), self.step)
-                if self.step % r.save_every == 0 or self.step == r.max_steps:
-                    self._save_state()
-                    metrics = self.evaluate()
-                    logger.info("step %d val %s", self.step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-                    if writer:
-                        for k, v in metrics.items():
-                            writer.add_scalar(f"val/{k}", v, self.step)
-            epoch += 1
-        metrics = self.evaluate()
         path = self.out / "vision.safetensors"
         save_file({k: v.contiguous() for k, v in self.net.stage_state_dict().items()}, str(path),
                   metadata={"gsva_config": r.model, "stage": "vision"})
         (self.out / "vision.json").write_text(json.dumps({"model": r.model, "steps": self.step, "val": metrics},
                                                          indent=2) + "\n")
-        if writer:
-            writer.close()
         return path

@@ -137,3 +137,41 @@ def test_too_long_description_falls_back_to_a_gres_conversation(synth_root, toke
                                  caption_rate=0.99)
     sample = ds[0]
     assert sample.meta.get("task") != "describe" and sample.meta["phrases"]
+
+
+def test_attribute_questions_are_answered_in_words_from_the_annotations(synth_root):
+    import random
+
+    from gsva.data.describe import attribute_question
+
+    gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
+    kinds = set()
+    for image_id in sorted(gref.images)[:20]:
+        rng = random.Random(image_id)
+        asked = attribute_question(gref, image_id, rng)
+        assert asked is not None
+        question, answer = asked
+        assert "[SEG]" not in answer and answer.startswith(" ") and answer.endswith(".")
+        anns = [gref.anns[a] for a in gref.instance_ids(image_id)]
+        if question.startswith("What colour is the "):
+            kinds.add("colour")
+            size, shape = question[len("What colour is the "):-1].split()
+            colours = {a["attributes"]["color"] for a in anns
+                       if a["attributes"]["size"] == size and gref.categories[a["category_id"]] == shape}
+            assert colours and all(c in answer for c in colours)
+        else:
+            kinds.add("shape")
+            size, colour = question[len("What shape is the "):-len(" object?")].split()
+            shapes = {gref.categories[a["category_id"]] for a in anns
+                      if a["attributes"]["size"] == size and a["attributes"]["color"] == colour}
+            assert shapes and all(s in answer for s in shapes)
+    assert kinds == {"colour", "shape"}
+
+
+def test_no_attribute_question_without_attributes(tmp_path):
+    import random
+
+    from gsva.data.describe import attribute_question
+
+    gref = _tiny_gref(tmp_path, [{"category_id": 1, "bbox": [0, 0, 4, 4]}])
+    assert attribute_question(gref, 1, random.Random(0)) is None

@@ -19,7 +19,8 @@ from gsva.config import GSVAConfig, get_named_config
 from gsva.constants import IGNORE_INDEX, IMAGE_TOKEN, SEG_TOKEN
 from gsva.conversation import Turn, answer_pieces, render_conversation, tokenize_pieces
 from gsva.losses import causal_lm_loss, causal_lm_loss_from_hidden
-from gsva.modeling.base_weights import ADDED_ROWS_KEY, own_state_dict, train_added_rows_only, word_token_ids
+from gsva.modeling.base_weights import (ADDED_ROWS_KEY, own_state_dict, separator_token_id, train_added_rows_only,
+                                        word_token_ids)
 from gsva.modeling.word_projector import WordProjector
 
 SPEC = BASE_MODELS["smollm2-135m-instruct"]
@@ -106,13 +107,22 @@ def test_image_tokens_of_gsva_smol_are_the_words_read(smol):
     ids = word_token_ids(tok, groups)
     assert tok.decode([ids[groups[0].index("large")]]) == " large"
     assert tok.decode([ids[len(groups[0]) + len(groups[1]) + groups[2].index("hexagon")]]) == " hex"
+    ids.append(separator_token_id(tok))
+    assert tok.decode(ids[-1:]) == ","
     embed = model.mllm.get_input_embeddings().weight
-    torch.testing.assert_close(model.mllm.model.multi_modal_projector.word_embeddings, embed[ids])
-    feats = model.image_features(torch.zeros(1, 3, 160, 160))
+    projector = model.mllm.model.multi_modal_projector
+    torch.testing.assert_close(projector.word_embeddings, embed[ids])
+    assert model.config.num_image_tokens == 8 * 4  # 8 object slots of size, colour, shape and ","
+    scale, projector.position_scale = projector.position_scale, 0.0
+    try:
+        feats = model.image_features(torch.rand(1, 3, 160, 160))
+    finally:
+        projector.position_scale = scale
     assert feats.shape == (1, model.config.num_image_tokens, 576)
-    # every image token is one of the word embeddings (positions are zero at initialisation)
+    # without the position code every image token is one of the word embeddings, every 4th the separator
     dist = (feats[0][:, None] - embed[ids][None]).abs().amax(-1).min(dim=1).values
     assert float(dist.max()) == 0.0
+    torch.testing.assert_close(feats[0, 3::4], embed[ids[-1]].expand(8, -1))
 
 
 def test_chatml_prompt_user_text_never_becomes_control_tokens(smol):

@@ -191,6 +191,12 @@ def test_every_shipped_recipe_validates(path):
         vision = load_vision_recipe(path)
         assert vision.model == "gsva-smol" and vision.max_steps >= 1
         return
+    if path.name.endswith("_sam.yaml"):  # stage (c) of gsva-smol: SAM with point and box prompts
+        from gsva.sam_pretrain import load_sam_recipe
+
+        sam = load_sam_recipe(path)
+        assert sam.model == "gsva-smol" and sam.max_steps >= 1 and 0.0 < sam.box_rate < 1.0
+        return
     recipe = load_recipe(path)
     assert (recipe.betas, recipe.weight_decay, recipe.grad_clip) == ([0.9, 0.95], 0.0, 1.0)
     if "_ft_grefcoco" in path.name:  # appendix Table A3, fine-tuning on GRES

@@ -7,6 +7,11 @@ image (README "Known weakness"). A GRES answer gives one image-dependent decisio
 description gives one per word. Mixing these conversations into training (``TrainRecipe.caption_rate``) is our
 addition for the from-scratch recipe; the official recipe has no such task.
 
+Attribute questions (:func:`attribute_question`) are the other kind of target-free conversation: "What colour is the
+large star?" answered " The large star is red." (or, when several objects fit, " There are 2 large stars: a red one
+and a blue one."); they teach a model fine-tuned on GRES answers that a question naming no target to segment is
+answered in words.
+
 Question: :data:`DESCRIBE_QUESTION`. Answer: ``" There are N objects: a small red circle, a large blue star."`` with the
 image's non-crowd instances ordered left to right by box centre (ties: top to bottom). An instance's phrase is its
 category name, preceded by the ``size`` and ``color`` of its ``attributes`` when the annotation has them (our synthetic
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from .grefcoco import AnnotationError, GRefCOCO
 
-__all__ = ["DESCRIBE_QUESTION", "instance_phrase", "describe_answer", "describe_texts"]
+__all__ = ["DESCRIBE_QUESTION", "instance_phrase", "describe_answer", "describe_texts", "attribute_question"]
 
 DESCRIBE_QUESTION = "Describe the objects in this image from left to right."
 
@@ -59,3 +64,36 @@ def describe_answer(gref: GRefCOCO, image_id: int) -> str:
 def describe_texts(gref: GRefCOCO) -> list[str]:
     """Every text the describe task can produce on ``gref`` (question and one answer per image), for tokenizers."""
     return [DESCRIBE_QUESTION] + [describe_answer(gref, i) for i in sorted(gref.images)]
+
+
+def attribute_question(gref: GRefCOCO, image_id: int, rng) -> tuple[str, str] | None:
+    """A question about one attribute of the objects a phrase names, and its answer in words, or None when the image
+    has no instance with ``size`` and ``color`` attributes (real COCO).
+
+    Drawn with ``rng`` (a ``random.Random``): an instance, then either "What colour is the <size> <shape>?" or "What
+    shape is the <size> <colour> object?"; every instance the phrase fits is counted in the answer (left to right).
+    """
+    anns = [gref.anns[a] for a in gref.instance_ids(image_id)]
+    anns = [a for a in anns if (a.get("attributes") or {}).get("size") and (a.get("attributes") or {}).get("color")]
+    if not anns:
+        return None
+    anns.sort(key=lambda a: (a["bbox"][0] + a["bbox"][2] / 2, a["bbox"][1] + a["bbox"][3] / 2))
+    pick = rng.choice(anns)
+    size, color = pick["attributes"]["size"], pick["attributes"]["color"]
+    shape = gref.categories[int(pick["category_id"])]
+    if rng.random() < 0.5:
+        fits = [a for a in anns if a["attributes"]["size"] == size and gref.categories[int(a["category_id"])] == shape]
+        values = [a["attributes"]["color"] for a in fits]
+        question, phrase, plural = f"What colour is the {size} {shape}?", f"{size} {shape}", f"{size} {shape}s"
+        one = "{} one"
+    else:
+        fits = [a for a in anns if a["attributes"]["size"] == size and a["attributes"]["color"] == color]
+        values = [gref.categories[int(a["category_id"])] for a in fits]
+        question, phrase, plural = f"What shape is the {size} {color} object?", f"{size} {color} object", \
+            f"{size} {color} objects"
+        one = "{}"
+    if len(values) == 1:
+        value = values[0] if one == "{} one" else _with_article(values[0])
+        return question, f" The {phrase} is {value}."
+    listed = ", ".join(_with_article(one.format(v)) for v in values[:-1]) + " and " + _with_article(one.format(values[-1]))
+    return question, f" There are {len(values)} {plural}: {listed}."

@@ -25,7 +25,7 @@ from ..conversation import Piece, PromptTooLongError, Turn, answer_pieces, quest
 from ..images import load_image
 from ..tokens import ControlTokenIds
 from .collate import EncodedSample, encode_longest_prefix, encode_sample
-from .describe import DESCRIBE_QUESTION, describe_answer
+from .describe import DESCRIBE_QUESTION, attribute_question, describe_answer
 from .grefcoco import GRefCOCO
 
 __all__ = ["GRESConversationDataset", "MAX_POINT_PROMPTS"]
@@ -43,13 +43,16 @@ class GRESConversationDataset(Dataset):
         gref: the annotation index. split: e.g. "train". max_targets: N, at most this many targets per question.
         seed: base seed; item ``i`` at its ``e``-th access uses ``Random((seed, i, e))``, so runs are reproducible.
         caption_rate: probability in [0, 1) that an item is a describe-the-scene conversation (no slots, no masks)
-            instead of a GRES one. Raises ValueError outside that range.
+            instead of a GRES one. attribute_rate: probability in [0, 1] that such an item is an attribute question
+            answered in words instead. Raises ValueError outside those ranges.
     """
 
     def __init__(self, gref: GRefCOCO, split: str, tokenizer, token_ids: ControlTokenIds, config: GSVAConfig,
-                 max_targets: int = 5, seed: int = 0, caption_rate: float = 0.0) -> None:
+                 max_targets: int = 5, seed: int = 0, caption_rate: float = 0.0, attribute_rate: float = 0.0) -> None:
         if not 0.0 <= caption_rate < 1.0:
             raise ValueError(f"caption_rate must be in [0, 1), got {caption_rate}")
+        if not 0.0 <= attribute_rate <= 1.0:
+            raise ValueError(f"attribute_rate must be in [0, 1], got {attribute_rate}")
         self.gref = gref
         self.records = gref.records(split)
         self.tokenizer = tokenizer
@@ -57,7 +60,7 @@ class GRESConversationDataset(Dataset):
         self.config = config
         self.max_targets = max_targets
         self.seed = seed
-        self.caption_rate = caption_rate
+        self.caption_rate, self.attribute_rate = caption_rate, attribute_rate
         self.epoch = 0
         self.name = getattr(gref, "name", "grefcoco")
 
@@ -85,7 +88,7 @@ class GRESConversationDataset(Dataset):
         sample = None
         if self.caption_rate and rng.random() < self.caption_rate:
             try:
-                sample = self._describe_sample(rec, image)
+                sample = self._describe_sample(rec, image, rng)
             except PromptTooLongError:  # e.g. a real image with dozens of instances: ask a GRES question instead
                 logger.debug("description of image %d is too long; using a GRES conversation", rec.image_id)
         if sample is None:
@@ -114,10 +117,16 @@ class GRESConversationDataset(Dataset):
 
         return encode_longest_prefix(build, len(exprs))
 
-    def _describe_sample(self, rec, image: np.ndarray) -> EncodedSample:
-        """A describe-the-scene conversation on ``rec`` (no [SEG]/[REJ] slots, so no masks)."""
-        answer = [Piece(describe_answer(self.gref, rec.image_id), train=True), Piece(control="<eos>", train=True)]
-        pieces = render_conversation([Turn(DESCRIBE_QUESTION, answer)], self.config.use_im_start_end,
+    def _describe_sample(self, rec, image: np.ndarray, rng: random.Random) -> EncodedSample:
+        """A target-free conversation on ``rec`` (no [SEG]/[REJ] slots, so no masks): describe-the-scene, or (with
+        probability ``attribute_rate``, when the annotations have attributes) an attribute question answered in
+        words."""
+        asked = None
+        if self.attribute_rate and rng.random() < self.attribute_rate:
+            asked = attribute_question(self.gref, rec.image_id, rng)
+        question, text = asked or (DESCRIBE_QUESTION, describe_answer(self.gref, rec.image_id))
+        answer = [Piece(text, train=True), Piece(control="<eos>", train=True)]
+        pieces = render_conversation([Turn(question, answer)], self.config.use_im_start_end,
                                      self.config.conv_template)
         no_masks = np.zeros((0, rec.height, rec.width), np.uint8)
         return encode_sample(image, pieces, no_masks, self.tokenizer, self.token_ids, self.config,

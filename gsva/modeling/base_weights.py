@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ADDED_ROWS_KEY", "is_base_key", "attach_base", "train_added_rows_only", "init_slot_rows", "own_state_dict",
-           "word_token_ids"]
+__all__ = ["ADDED_ROWS_KEY", "is_base_key", "attach_base", "train_added_rows_only", "init_slot_rows",
+           "separator_token_id", "own_state_dict", "word_token_ids"]
 
 ADDED_ROWS_KEY = "mllm.added_token_embeddings"
 """Checkpoint key of the (V - V_base, D) embedding rows of the tokens added to the base tokenizer."""
@@ -62,7 +62,10 @@ def attach_base(model, base_lm, tokenizer) -> None:
         raise ValueError("no language-model weight was filled from the base")
     projector = model.mllm.model.multi_modal_projector
     if hasattr(projector, "set_word_embeddings"):
-        projector.set_word_embeddings(embed[word_token_ids(tokenizer, model.config.vision.word_groups)])
+        ids = word_token_ids(tokenizer, model.config.vision.word_groups)
+        if projector.word_embeddings.shape[0] == len(ids) + 1:  # the object projector's separator, as in "a, b"
+            ids.append(separator_token_id(tokenizer))
+        projector.set_word_embeddings(embed[ids])
 
 
 def train_added_rows_only(model) -> None:
@@ -87,6 +90,14 @@ def word_token_ids(tokenizer, groups: list[list[str]]) -> list[int]:
                 raise ValueError(f"the tokenizer encodes {word!r} to nothing")
             ids.append(pieces[0])
     return ids
+
+
+def separator_token_id(tokenizer) -> int:
+    """The id of "," as it follows a word in running text (no leading space); its last piece if split."""
+    pieces = tokenizer(",", add_special_tokens=False).input_ids
+    if not pieces:
+        raise ValueError("the tokenizer encodes ',' to nothing")
+    return pieces[-1]
 
 
 def init_slot_rows(model, tokenizer, words: list[str]) -> None:

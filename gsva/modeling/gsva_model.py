@@ -81,6 +81,11 @@ class GSVAModel(nn.Module):
     def image_features(self, clip_pixels: torch.Tensor) -> torch.Tensor:
         """CLIP pixels (B, 3, s, s) -> projected image features (B, T, D)."""
         grad = torch.is_grad_enabled() and (self.config.trainable.vision_tower or self.config.trainable.mm_projector)
+        if self.config.vision.projector_type == "object_words":  # its projector also reads the pixels
+            with torch.set_grad_enabled(grad):
+                out = self.mllm.model.vision_tower(pixel_values=clip_pixels.to(self.dtype), output_hidden_states=True)
+                patches = out.hidden_states[self.config.vision.feature_layer][:, 1:]  # CLS dropped ("default")
+                return self.mllm.model.multi_modal_projector(patches, clip_pixels.to(self.dtype))
         with torch.set_grad_enabled(grad):
             out = self.mllm.model.get_image_features(
                 pixel_values=clip_pixels.to(self.dtype), vision_feature_layer=self.config.vision.feature_layer,

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from ..config import GSVAConfig
+from .object_projector import ObjectWordProjector
 from .word_projector import WordProjector
 
 __all__ = ["build_llava", "llava_config", "NormedMlpProjector"]
@@ -67,7 +68,8 @@ def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token
     """A randomly initialised LLaVA. With ``projector_type == "linear"`` (LLaVA-v1) the projector is one
     ``nn.Linear(vision_hidden, text_hidden)``; ``"mlp2x_gelu"`` keeps transformers' Linear-GELU-Linear;
     ``"ln_mlp2x_gelu"`` is :class:`NormedMlpProjector` (ours, for towers trained from scratch); ``"word"`` is
-    :class:`gsva.modeling.word_projector.WordProjector`. With ``text.tie_word_embeddings`` the ``lm_head`` weight is
+    :class:`gsva.modeling.word_projector.WordProjector`; ``"object_words"`` is
+    :class:`gsva.modeling.object_projector.ObjectWordProjector`. With ``text.tie_word_embeddings`` the ``lm_head`` weight is
     the input embedding matrix (checked)."""
     model = LlavaForConditionalGeneration(llava_config(cfg, vocab_size, image_token_id, pad_token_id))
     if cfg.vision.projector_type == "linear":
@@ -78,6 +80,11 @@ def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token
         model.model.multi_modal_projector = WordProjector(cfg.vision.hidden_size, cfg.text.hidden_size,
                                                           cfg.vision.num_patches,
                                                           [len(g) for g in cfg.vision.word_groups])
+    elif cfg.vision.projector_type == "object_words":
+        v = cfg.vision
+        model.model.multi_modal_projector = ObjectWordProjector(v.hidden_size, cfg.text.hidden_size, v.num_patches,
+                                                                [len(g) for g in v.word_groups], v.max_objects,
+                                                                v.object_group, v.position_scale)
     if cfg.text.tie_word_embeddings and model.lm_head.weight is not model.get_input_embeddings().weight:
         raise RuntimeError("transformers did not tie lm_head to the input embeddings")
     return model

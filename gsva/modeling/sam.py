@@ -21,7 +21,7 @@ from ..config import SamConfig
 from ..constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from .sam_import import sam_modeling
 
-__all__ = ["build_sam", "decode_masks", "decode_point_masks"]
+__all__ = ["build_sam", "decode_masks", "decode_point_masks", "decode_box_masks"]
 
 
 def build_sam(cfg: SamConfig) -> nn.Module:
@@ -79,8 +79,9 @@ def decode_point_masks(sam: nn.Module, image_embeddings: torch.Tensor, point_coo
                        image_index: torch.Tensor) -> torch.Tensor:
     """Low-resolution mask logits for one positive point prompt each, through SAM's own prompt encoder.
 
-    Used as an auxiliary objective when SAM is trained from scratch (``LossConfig.point_prompt_weight``); it is
-    SAM's interactive training signal (Kirillov et al., 2023, section 3), with a single positive click.
+    SAM's interactive training signal (Kirillov et al., 2023, section 3), with a single positive click: the auxiliary
+    objective of models whose SAM trains from scratch (``LossConfig.point_prompt_weight``) and stage (c) of
+    ``gsva-smol`` (:mod:`gsva.sam_pretrain`).
 
     Args:
         image_embeddings: (B, C, h, w). point_coords: (N, 2) float (x, y) in pixels of the SAM input frame
@@ -93,10 +94,34 @@ def decode_point_masks(sam: nn.Module, image_embeddings: torch.Tensor, point_coo
     if point_coords.shape != (n, 2) or image_index.shape != (n,):
         raise ValueError(f"point_coords must be (N, 2) and image_index (N,), got {tuple(point_coords.shape)} "
                          f"and {tuple(image_index.shape)}")
-    _keep_pe_fp32(sam)
     labels = torch.ones((n, 1), dtype=torch.int64, device=point_coords.device)
-    with torch.autocast(point_coords.device.type, enabled=False):
-        sparse, dense = sam.prompt_encoder(points=(point_coords.float()[:, None, :], labels), boxes=None, masks=None)
+    return _decode_prompted(sam, image_embeddings, image_index, points=(point_coords.float()[:, None, :], labels))
+
+
+def decode_box_masks(sam: nn.Module, image_embeddings: torch.Tensor, boxes: torch.Tensor,
+                     image_index: torch.Tensor) -> torch.Tensor:
+    """Low-resolution mask logits for one box prompt each, through SAM's own prompt encoder.
+
+    Args:
+        image_embeddings: (B, C, h, w). boxes: (N, 4) float (x0, y0, x1, y1) in pixels of the SAM input frame.
+        image_index: (N,) int64 row of each box's image.
+
+    Returns:
+        (N, 1, 4h, 4w) mask logits, in box order, dtype of ``image_embeddings``.
+    """
+    n = boxes.shape[0]
+    if boxes.shape != (n, 4) or image_index.shape != (n,):
+        raise ValueError(f"boxes must be (N, 4) and image_index (N,), got {tuple(boxes.shape)} "
+                         f"and {tuple(image_index.shape)}")
+    return _decode_prompted(sam, image_embeddings, image_index, boxes=boxes.float())
+
+
+def _decode_prompted(sam: nn.Module, image_embeddings: torch.Tensor, image_index: torch.Tensor, points=None,
+                     boxes=None) -> torch.Tensor:
+    """SAM's prompt encoder (fp32) on points or boxes, then the mask decoder per image."""
+    _keep_pe_fp32(sam)
+    with torch.autocast(image_embeddings.device.type, enabled=False):
+        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
     dtype = image_embeddings.dtype
     return _decode_per_image(sam, image_embeddings, sparse.to(dtype), dense.to(dtype), image_index)
 

@@ -1,0 +1,136 @@
+"""The loop shared by the single-module pretraining stages of ``gsva-smol`` (stage (a) vision tower, stage (c) SAM).
+
+A stage trains one sub-network with AdamW under linear warm-up then linear decay, logs to the ``logging`` module and
+TensorBoard, checkpoints ``<output_dir>/state.pt`` (tensors and numbers only, loaded with ``weights_only=True``) every
+``save_every`` steps so that a killed run resumes from its last saved step (the interrupted pass over the data starts
+again from its beginning, in a new order), validates at each save, and writes its output at the end. Subclasses say
+what the network, the data, the loss, the validation and the output are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+__all__ = ["StageTrainer", "load_stage_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_stage_weights(model: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> None:
+    """Copy a stage's safetensors output into ``model``: exactly the model keys that start with one of
+    ``prefixes``, with the same shapes. Raises :class:`gsva.checkpoint.CheckpointError`."""
+    from .checkpoint import CheckpointError, _check_keys
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on a bad file
+        raise CheckpointError(f"{path}: cannot read the stage weights ({exc})") from None
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    _check_keys(expected, state, path)
+    with torch.no_grad():
+        for k, v in state.items():
+            expected[k].copy_(v)
+
+
+class StageTrainer:
+    """Runs one stage recipe. The recipe needs ``output_dir, seed, max_steps, batch_size, lr, weight_decay,
+    warmup_steps, log_every, save_every, num_workers, torch_threads, tensorboard, train_split``.
+
+    Subclasses set ``self.net`` and call :meth:`_setup` with the parameters to train, and implement
+    :meth:`dataset`, :meth:`collate`, :meth:`loss`, :meth:`evaluate` and :meth:`write_outputs`.
+    """
+
+    stage = "stage"
+
+    def _setup(self, recipe, params: list[nn.Parameter]) -> None:
+        self.recipe = recipe
+        self.out = Path(recipe.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        warm, total = recipe.warmup_steps, recipe.max_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, 1 - (s - warm) / max(1, total - warm)))
+        self.step = 0
+        state_path = self.out / "state.pt"
+        if state_path.is_file():
+            state = torch.load(state_path, weights_only=True)
+            self.net.load_state_dict(state["model"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = state["step"]
+            logger.info("resuming %s from step %d", self.stage, self.step)
+
+    # -- what a stage defines ------------------------------------------------------------------------------------
+    def dataset(self, split: str, augment: bool) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    @staticmethod
+    def collate(items):
+        raise NotImplementedError
+
+    def loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def write_outputs(self, metrics: dict[str, float]) -> Path:
+        raise NotImplementedError
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        tmp = self.out / "state.pt.tmp"
+        torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "step": self.step}, tmp)
+        os.replace(tmp, self.out / "state.pt")
+
+    def run(self) -> Path:
+        """Train to ``max_steps`` (resuming from ``state.pt``); write the outputs; return the weights' path."""
+        r = self.recipe
+        writer = None
+        if r.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        data = self.dataset(r.train_split, augment=True)
+        self.net.train()
+        epoch = self.step * r.batch_size // max(len(data), 1)
+        while self.step < r.max_steps:
+            data.epoch = epoch
+            loader = torch.utils.data.DataLoader(data, batch_size=r.batch_size, shuffle=True, drop_last=True,
+                                                 num_workers=r.num_workers, collate_fn=self.collate,
+                                                 generator=torch.Generator().manual_seed(r.seed + epoch))
+            for batch in loader:
+                if self.step >= r.max_steps:
+                    break
+                loss = self.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                if self.step % r.log_every == 0:
+                    logger.info("step %d/%d loss %.4f lr %.2e", self.step, r.max_steps, loss.item(),
+                                self.scheduler.get_last_lr()[0])
+                    if writer:
+                        writer.add_scalar("train/loss", loss.item(), self.step)
+                if self.step % r.save_every == 0 or self.step == r.max_steps:
+                    self._save_state()
+                    metrics = self.evaluate()
+                    logger.info("step %d val %s", self.step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+                    if writer:
+                        for k, v in metrics.items():
+                            writer.add_scalar(f"val/{k}", v, self.step)
+            epoch += 1
+        path = self.write_outputs(self.evaluate())
+        if writer:
+            writer.close()
+        return path
