@@ -149,6 +149,10 @@ class TrainRecipe:
             raise ConfigError("caption_rate must be in [0, 1)")
         if not 0.0 <= self.attribute_rate <= 1.0:
             raise ConfigError("attribute_rate must be in [0, 1]")
+        if self.slot_row_words is not None and (len(self.slot_row_words) != 2 or not all(
+                isinstance(w, str) and w.strip() for w in self.slot_row_words)):
+            raise ConfigError(f"slot_row_words must be two words ([SEG], [REJ]), got {self.slot_row_words!r} (quote "
+                              "them in YAML: [yes, no] reads as two booleans)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ConfigError("warmup_steps must be >= 0 and lr > 0")
         if self.epochs is not None and self.epochs < 1:

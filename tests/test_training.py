@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from gsva.config import ConfigError
 from gsva.engine import Trainer, latest_checkpoint, load_recipe, lr_at
 
 from .conftest import micro_config
@@ -483,3 +484,12 @@ def test_optional_recipe_keys_accept_null(tmp_path, synth_root):
     assert load_recipe(_recipe(tmp_path, synth_root), ["val_limit=null"]).val_limit is None
     with pytest.raises(ConfigError, match="max_steps has the wrong type"):
         load_recipe(_recipe(tmp_path, synth_root), ["max_steps=null"])
+
+
+def test_slot_row_words_must_be_two_strings(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: gsva-smol\nslot_row_words: [yes, no]\n")  # YAML reads two booleans
+    with pytest.raises(ConfigError, match="quote"):
+        load_recipe(path)
+    path.write_text('model: gsva-smol\nslot_row_words: ["yes", "no"]\n')
+    assert load_recipe(path).slot_row_words == ["yes", "no"]
