@@ -37,7 +37,7 @@ from .data.transforms import sam_preprocess
 from .images import load_image
 from .losses import dice_loss, sigmoid_bce_loss
 from .modeling.sam import build_sam, decode_box_masks, decode_point_masks
-from .stage_loop import StageTrainer, load_stage_weights
+from .stage_loop import StageRecipe, StageTrainer, load_stage_weights
 
 __all__ = ["SamRecipe", "SamPromptDataset", "SamTrainer", "load_sam_recipe", "load_sam_weights", "SAM_PREFIX",
            "BOX_NOISE", "BOX_NOISE_MAX"]
@@ -55,37 +55,22 @@ BOX_NOISE_MAX = 20.0
 
 
 @dataclass
-class SamRecipe:
-    """Stage (c) recipe (YAML; unknown keys are errors). ``box_rate``: share of prompts that are boxes (the rest
-    are points). ``prompts_per_image``: most instances of an image prompted in one step."""
+class SamRecipe(StageRecipe):
+    """Stage (c) recipe (:class:`gsva.stage_loop.StageRecipe` fields and these). ``box_rate``: share of prompts
+    that are boxes (the rest are points). ``prompts_per_image``: most instances of an image prompted in one step."""
 
-    model: str = "gsva-smol"
-    data_root: str = "data/synth"
-    train_split: str = "train"
-    val_split: str = "val"
     output_dir: str = "runs/gsva-smol-sam"
-    seed: int = 0
-    max_steps: int = 3000
     batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    log_every: int = 50
-    save_every: int = 500
     val_images: int = 100
     prompts_per_image: int = 4
     box_rate: float = 0.5
-    num_workers: int = 1
-    torch_threads: int = 0
-    tensorboard: bool = True
 
     def validate(self) -> "SamRecipe":
-        for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images", "prompts_per_image"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+        super().validate()
+        if self.prompts_per_image < 1:
+            raise ConfigError("prompts_per_image must be >= 1")
         if not 0.0 <= self.box_rate <= 1.0:
             raise ConfigError(f"box_rate must be in [0, 1], got {self.box_rate}")
-        get_named_config(self.model)
         return self
 
 

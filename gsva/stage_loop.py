@@ -12,15 +12,74 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["StageTrainer", "load_stage_weights"]
+__all__ = ["StageRecipe", "StageTrainer", "load_stage_weights", "run_stage_cli"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRecipe:
+    """The fields every stage recipe has (YAML; unknown keys are errors); a stage's recipe subclasses it and may
+    change the defaults. ``torch_threads`` 0: torch's default."""
+
+    model: str = "gsva-smol"
+    data_root: str = "data/synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    output_dir: str = "runs/stage"
+    seed: int = 0
+    max_steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    log_every: int = 50
+    save_every: int = 500
+    val_images: int = 200
+    num_workers: int = 1
+    torch_threads: int = 0
+    tensorboard: bool = True
+
+    def validate(self):
+        """Check the shared fields; return ``self``. Raises :class:`gsva.config.ConfigError`."""
+        from .config import ConfigError, get_named_config
+
+        for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        get_named_config(self.model)
+        return self
+
+
+def run_stage_cli(description: str, make_trainer, argv: list[str] | None = None) -> int:
+    """``--config FILE [key=value ...]`` -> ``make_trainer(config_path, overrides).run()``. User errors (bad recipe,
+    annotations, missing files) exit 2 with one ``error:`` line; anything else shows its traceback."""
+    import argparse
+
+    from .config import ConfigError
+    from .data.grefcoco import AnnotationError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        trainer = make_trainer(args.config, args.overrides)
+    except (ConfigError, AnnotationError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = trainer.run()
+    print(f"wrote {path}")
+    return 0
 
 
 def load_stage_weights(model: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> None:

@@ -40,7 +40,7 @@ from .data.refer import default_image_dir
 from .data.transforms import clip_preprocess
 from .images import load_image
 from .modeling.object_projector import CROP_SIZE, object_crops, patch_components
-from .stage_loop import StageTrainer, load_stage_weights
+from .stage_loop import StageRecipe, StageTrainer, load_stage_weights
 
 __all__ = ["VisionRecipe", "PatchWordDataset", "patch_labels", "patch_word_loss", "VisionTrainer", "MIN_COVER",
            "load_vision_weights", "VISION_PREFIXES"]
@@ -56,33 +56,15 @@ VISION_PREFIXES = ("mllm.model.vision_tower.", "mllm.model.multi_modal_projector
 
 
 @dataclass
-class VisionRecipe:
-    """Stage (a) recipe (YAML; unknown keys are errors). ``model``: a named config whose projector reads words
-    (``projector_type`` ``word`` or ``object_words``)."""
+class VisionRecipe(StageRecipe):
+    """Stage (a) recipe (:class:`gsva.stage_loop.StageRecipe` fields and ``object_weight``). ``model``: a named
+    config whose projector reads words (``projector_type`` ``word`` or ``object_words``)."""
 
-    model: str = "gsva-smol"
-    data_root: str = "data/synth"
-    train_split: str = "train"
-    val_split: str = "val"
     output_dir: str = "runs/gsva-smol-vision"
-    seed: int = 0
-    max_steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    log_every: int = 50
-    save_every: int = 500
-    val_images: int = 200
     object_weight: float = 4.0
-    num_workers: int = 1
-    torch_threads: int = 0
-    tensorboard: bool = True
 
     def validate(self) -> "VisionRecipe":
-        for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+        super().validate()
         if not get_named_config(self.model).vision.reads_words:
             raise ConfigError(f"{self.model} has no word projector; stage (a) trains gsva-smol-like configs")
         return self

@@ -84,7 +84,8 @@ def test_sam_stage_trains_resumes_and_drops_into_the_model(synth_root, tmp_path)
     state = load_file(str(path))
     assert state and all(k.startswith("sam.") for k in state)
     cfg = get_named_config("gsva-tiny")  # same SAM shapes as gsva-smol, no base to build
-    model = GSVAModel(cfg, ControlTokenIds(seg=5, rej=6, image=7, im_start=8, im_end=9, bos=1, eos=2, pad=0), vocab_size=64)
+    ids = ControlTokenIds(seg=5, rej=6, image=7, im_start=8, im_end=9, bos=1, eos=2, pad=0)
+    model = GSVAModel(cfg, ids, vocab_size=64)
     load_sam_weights(model, path)
     key = "sam.mask_decoder.iou_token.weight"
     torch.testing.assert_close(model.state_dict()[key], state[key])

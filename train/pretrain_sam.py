@@ -7,29 +7,15 @@ Resumes from ``<output_dir>/state.pt`` when it exists. User errors exit 2 with o
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from gsva.config import ConfigError
-from gsva.data.grefcoco import AnnotationError
 from gsva.sam_pretrain import SamTrainer, load_sam_recipe
+from gsva.stage_loop import run_stage_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        trainer = SamTrainer(load_sam_recipe(args.config, args.overrides))
-    except (ConfigError, AnnotationError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    path = trainer.run()
-    print(f"wrote {path}")
-    return 0
+    return run_stage_cli(__doc__.split("\n")[0],
+                         lambda path, overrides: SamTrainer(load_sam_recipe(path, overrides)), argv)
 
 
 if __name__ == "__main__":

@@ -95,5 +95,6 @@ def attribute_question(gref: GRefCOCO, image_id: int, rng) -> tuple[str, str] | 
     if len(values) == 1:
         value = values[0] if one == "{} one" else _with_article(values[0])
         return question, f" The {phrase} is {value}."
-    listed = ", ".join(_with_article(one.format(v)) for v in values[:-1]) + " and " + _with_article(one.format(values[-1]))
+    named = [_with_article(one.format(v)) for v in values]
+    listed = ", ".join(named[:-1]) + " and " + named[-1]
     return question, f" There are {len(values)} {plural}: {listed}."

@@ -69,8 +69,8 @@ def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token
     ``nn.Linear(vision_hidden, text_hidden)``; ``"mlp2x_gelu"`` keeps transformers' Linear-GELU-Linear;
     ``"ln_mlp2x_gelu"`` is :class:`NormedMlpProjector` (ours, for towers trained from scratch); ``"word"`` is
     :class:`gsva.modeling.word_projector.WordProjector`; ``"object_words"`` is
-    :class:`gsva.modeling.object_projector.ObjectWordProjector`. With ``text.tie_word_embeddings`` the ``lm_head`` weight is
-    the input embedding matrix (checked)."""
+    :class:`gsva.modeling.object_projector.ObjectWordProjector`. With ``text.tie_word_embeddings`` the ``lm_head``
+    weight is the input embedding matrix (checked)."""
     model = LlavaForConditionalGeneration(llava_config(cfg, vocab_size, image_token_id, pad_token_id))
     if cfg.vision.projector_type == "linear":
         model.model.multi_modal_projector = nn.Linear(cfg.vision.hidden_size, cfg.text.hidden_size)

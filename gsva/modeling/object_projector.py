@@ -194,7 +194,8 @@ class ObjectWordProjector(PatchWordReader):
                 idx = torch.tensor(members, device=features.device)
                 words = [int(v[j].argmax()) for v in votes]
                 rows, cols = idx // self.side, idx % self.side
-                center = (float((cols.float() + 0.5).mean()) / self.side, float((rows.float() + 0.5).mean()) / self.side)
+                center = (float((cols.float() + 0.5).mean()) / self.side,
+                          float((rows.float() + 0.5).mean()) / self.side)
                 objects.append({"words": words, "patches": members, "center": center})
             out.append(sorted(objects, key=lambda o: (o["center"][0], o["center"][1])))
         return out
@@ -205,7 +206,8 @@ class ObjectWordProjector(PatchWordReader):
         offsets = self.group_offsets.tolist()
         background_rows = [offsets[i] + self.group_sizes[i] - 1 for i in range(g)]
         separator = emb.shape[0] - 1
-        rows = torch.tensor(background_rows + [separator], device=emb.device).repeat(features.shape[0], self.max_objects, 1)
+        free = torch.tensor(background_rows + [separator], device=emb.device)
+        rows = free.repeat(features.shape[0], self.max_objects, 1)  # (B, S, G + 1) rows of word_embeddings
         centers = torch.zeros((features.shape[0], self.max_objects, 2), device=emb.device)
         present = torch.zeros((features.shape[0], self.max_objects), dtype=torch.bool, device=emb.device)
         for b, objects in enumerate(self.read_objects(features, pixels)):
