@@ -17,7 +17,6 @@ Shape legend: B images, m_b prompts of image b, N = sum m_b, S = ``sam.img_size`
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -27,12 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import ConfigError, GSVAConfig, get_named_config
 from .data.grefcoco import GRefCOCO
-from .data.refer import default_image_dir
 from .data.transforms import sam_preprocess
 from .images import load_image
 from .losses import dice_loss, sigmoid_bce_loss
@@ -195,12 +192,7 @@ class SamTrainer(StageTrainer):
     stage = "stage (c)"
 
     def __init__(self, recipe: SamRecipe) -> None:
-        if recipe.torch_threads:
-            torch.set_num_threads(recipe.torch_threads)
-        torch.manual_seed(recipe.seed)
-        self.config = get_named_config(recipe.model)
-        root = Path(recipe.data_root)
-        self.gref = GRefCOCO(root / "grefcoco", default_image_dir(root, "grefcoco"))
+        self._open(recipe)
         self.net = SamNet(self.config)
         self._setup(recipe, list(self.net.parameters()))
 
@@ -240,10 +232,4 @@ class SamTrainer(StageTrainer):
 
     def write_outputs(self, metrics: dict[str, float]) -> Path:
         """``sam.safetensors`` + ``sam.json``; returns the safetensors path."""
-        r = self.recipe
-        path = self.out / "sam.safetensors"
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path),
-                  metadata={"gsva_config": r.model, "stage": "sam"})
-        (self.out / "sam.json").write_text(json.dumps({"model": r.model, "steps": self.step, "val": metrics},
-                                                      indent=2) + "\n")
-        return path
+        return self._write_output("sam", self.net.state_dict(), metrics)

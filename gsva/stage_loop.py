@@ -102,11 +102,36 @@ class StageTrainer:
     """Runs one stage recipe. The recipe needs ``output_dir, seed, max_steps, batch_size, lr, weight_decay,
     warmup_steps, log_every, save_every, num_workers, torch_threads, tensorboard, train_split``.
 
-    Subclasses set ``self.net`` and call :meth:`_setup` with the parameters to train, and implement
-    :meth:`dataset`, :meth:`collate`, :meth:`loss`, :meth:`evaluate` and :meth:`write_outputs`.
+    Subclasses call :meth:`_open` (threads, seed, ``self.config``, ``self.gref``), set ``self.net``, call
+    :meth:`_setup` with the parameters to train, and implement :meth:`dataset`, :meth:`collate`, :meth:`loss`,
+    :meth:`evaluate` and :meth:`write_outputs` (with :meth:`_write_output`).
     """
 
     stage = "stage"
+
+    def _open(self, recipe) -> None:
+        from .config import get_named_config
+        from .data.grefcoco import GRefCOCO
+        from .data.refer import default_image_dir
+
+        if recipe.torch_threads:
+            torch.set_num_threads(recipe.torch_threads)
+        torch.manual_seed(recipe.seed)
+        self.config = get_named_config(recipe.model)
+        root = Path(recipe.data_root)
+        self.gref = GRefCOCO(root / "grefcoco", default_image_dir(root, "grefcoco"))
+
+    def _write_output(self, name: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> Path:
+        """``<name>.safetensors`` (``state``) + ``<name>.json`` (config name, steps, ``metrics``); returns the
+        safetensors path."""
+        from safetensors.torch import save_file
+
+        path = self.out / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+                  metadata={"gsva_config": self.recipe.model, "stage": name})
+        (self.out / f"{name}.json").write_text(json.dumps({"model": self.recipe.model, "steps": self.step,
+                                                           "val": metrics}, indent=2) + "\n")
+        return path
 
     def _setup(self, recipe, params: list[nn.Parameter]) -> None:
         self.recipe = recipe

@@ -22,7 +22,6 @@ Shape legend: B images, P patches, G word groups, K_g words in group g.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -31,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import ConfigError, GSVAConfig, get_named_config
 from .data.grefcoco import GRefCOCO
-from .data.refer import default_image_dir
 from .data.transforms import clip_preprocess
 from .images import load_image
 from .modeling.object_projector import CROP_SIZE, object_crops, patch_components
@@ -226,12 +223,7 @@ class VisionTrainer(StageTrainer):
     stage = "stage (a)"
 
     def __init__(self, recipe: VisionRecipe) -> None:
-        if recipe.torch_threads:
-            torch.set_num_threads(recipe.torch_threads)
-        torch.manual_seed(recipe.seed)
-        self.config = get_named_config(recipe.model)
-        root = Path(recipe.data_root)
-        self.gref = GRefCOCO(root / "grefcoco", default_image_dir(root, "grefcoco"))
+        self._open(recipe)
         self.net = VisionTower(self.config)
         self._setup(recipe, [p for k, p in self.net.named_parameters() if k.startswith(VISION_PREFIXES)])
 
@@ -290,10 +282,4 @@ class VisionTrainer(StageTrainer):
 
     def write_outputs(self, metrics: dict[str, float]) -> Path:
         """``vision.safetensors`` + ``vision.json``; returns the safetensors path."""
-        r = self.recipe
-        path = self.out / "vision.safetensors"
-        save_file({k: v.contiguous() for k, v in self.net.stage_state_dict().items()}, str(path),
-                  metadata={"gsva_config": r.model, "stage": "vision"})
-        (self.out / "vision.json").write_text(json.dumps({"model": r.model, "steps": self.step, "val": metrics},
-                                                         indent=2) + "\n")
-        return path
+        return self._write_output("vision", self.net.stage_state_dict(), metrics)
