@@ -212,6 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_stage_cli(description: str, make_trainer, argv: list[str] | None = None) -> int:
+    """Entry of the stage scripts (``train/pretrain_vision.py``, ``train/pretrain_sam.py``): ``--config FILE
+    [key=value ...]`` -> ``make_trainer(config_path, overrides).run()`` (a :class:`gsva.stage_loop.StageTrainer`).
+    User errors (bad recipe, annotations, missing files) exit 2 with one ``error:`` line; anything else shows its
+    traceback."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.grefcoco import AnnotationError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        trainer = make_trainer(args.config, args.overrides)
+    except (ConfigError, AnnotationError, CheckpointError, FileNotFoundError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(f"wrote {trainer.run()}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["StageRecipe", "StageTrainer", "load_stage_weights", "run_stage_cli"]
+__all__ = ["StageRecipe", "StageTrainer", "load_stage_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,29 +56,6 @@ class StageRecipe:
                 raise ConfigError(f"{name} must be >= 1")
         get_named_config(self.model)
         return self
-
-
-def run_stage_cli(description: str, make_trainer, argv: list[str] | None = None) -> int:
-    """``--config FILE [key=value ...]`` -> ``make_trainer(config_path, overrides).run()``. User errors (bad recipe,
-    annotations, missing files) exit 2 with one ``error:`` line; anything else shows its traceback."""
-    import argparse
-
-    from .config import ConfigError
-    from .data.grefcoco import AnnotationError
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        trainer = make_trainer(args.config, args.overrides)
-    except (ConfigError, AnnotationError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    path = trainer.run()
-    print(f"wrote {path}")
-    return 0
 
 
 def load_stage_weights(model: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> None:

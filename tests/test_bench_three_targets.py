@@ -42,3 +42,17 @@ def test_the_script_reports_every_figure(tmp_path):
     for key in ("phrase_equal", "present_mean_iou", "absent_rejected"):
         assert 0.0 <= result[key] <= 1.0
     assert result["passes_median"] >= 2 and result["question_median_s"] > 0
+
+
+@pytest.mark.slow
+def test_seg_placement_counts_every_question(tmp_path):
+    out = tmp_path / "placement.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "seg_placement.py"), "--model",
+                           str(REPO / "gsva" / "assets" / "gsva-tiny"), "--scenes", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["asked"] >= 1
+    assert result["asked"] == result["rejected_or_empty"] + result["on_target"] + result["on_other"]
+    if result["on_target"] + result["on_other"]:
+        assert 0.0 <= result["iou_target"] <= 1.0 and 0.0 <= result["iou_best_other"] <= 1.0

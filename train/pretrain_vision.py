@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from gsva.cli import run_stage_cli
 from gsva.vision_pretrain import VisionTrainer, load_vision_recipe
-from gsva.stage_loop import run_stage_cli
 
 
 def main(argv: list[str] | None = None) -> int:
