@@ -83,18 +83,16 @@ def attribute_question(gref: GRefCOCO, image_id: int, rng) -> tuple[str, str] | 
     shape = gref.categories[int(pick["category_id"])]
     if rng.random() < 0.5:
         fits = [a for a in anns if a["attributes"]["size"] == size and gref.categories[int(a["category_id"])] == shape]
-        values = [a["attributes"]["color"] for a in fits]
-        question, phrase, plural = f"What colour is the {size} {shape}?", f"{size} {shape}", f"{size} {shape}s"
-        one = "{} one"
+        phrase, plural = f"{size} {shape}", f"{size} {shape}s"
+        question, values = f"What colour is the {phrase}?", [a["attributes"]["color"] for a in fits]
+        item = "{} one".format  # "a red one"
     else:
         fits = [a for a in anns if a["attributes"]["size"] == size and a["attributes"]["color"] == color]
-        values = [gref.categories[int(a["category_id"])] for a in fits]
-        question, phrase, plural = f"What shape is the {size} {color} object?", f"{size} {color} object", \
-            f"{size} {color} objects"
-        one = "{}"
+        phrase, plural = f"{size} {color} object", f"{size} {color} objects"
+        question, values = f"What shape is the {phrase}?", [gref.categories[int(a["category_id"])] for a in fits]
+        item = str  # "a star"
     if len(values) == 1:
-        value = values[0] if one == "{} one" else _with_article(values[0])
+        value = values[0] if item is not str else _with_article(values[0])
         return question, f" The {phrase} is {value}."
-    named = [_with_article(one.format(v)) for v in values]
-    listed = ", ".join(named[:-1]) + " and " + named[-1]
-    return question, f" There are {len(values)} {plural}: {listed}."
+    named = [_with_article(item(v)) for v in values]
+    return question, f" There are {len(values)} {plural}: {', '.join(named[:-1])} and {named[-1]}."
