@@ -142,7 +142,8 @@ def build_demo(backend: ChatBackend):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: shipped gsva-tiny)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="checkpoint directory (default: the shipped gsva-smol)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",

@@ -48,7 +48,8 @@ def token_losses(model, batch, clip_pixels: torch.Tensor) -> torch.Tensor:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-tiny)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="checkpoint directory (default: the shipped gsva-smol)")
     parser.add_argument("--data-root", type=Path, default=Path("data/synth"))
     parser.add_argument("--split", default="val")
     parser.add_argument("--items", type=int, default=64, help="conversations (rounded down to a multiple of 8)")

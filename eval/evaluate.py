@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", required=True, type=Path)
     parser.add_argument("--split", required=True)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: shipped gsva-tiny)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="checkpoint directory (default: the shipped gsva-smol)")
     parser.add_argument("--protocol", choices=PROTOCOLS + ("both",), default="generate",
                         help="'both' runs generate then teacher-forced, writing OUT/generate and OUT/teacher-forced")
     parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="per-expression")

@@ -16,6 +16,8 @@ file's sha256, so later loads take about a second; a cache written partially (ki
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import importlib.metadata
 import logging
@@ -132,8 +134,9 @@ def load_base(name: str, path: str | Path | None = None):
         if not _write_cache(cache, model, tokenizer):
             return model, tokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(cache), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(cache), local_files_only=True, dtype=torch.float32)
+        with _no_progress_bars():  # a local copy loads in a second; its bar would only clutter CLI output
+            tokenizer = AutoTokenizer.from_pretrained(str(cache), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(cache), local_files_only=True, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
         raise BaseModelError(f"the cached copy {cache} is unreadable ({type(exc).__name__}: {exc}); delete it "
                              "and load again") from None
@@ -190,3 +193,17 @@ def build_based_model(config, path: str | Path | None = None):
     model = GSVAModel(config, ids, len(tokenizer))
     attach_base(model, base_lm, tokenizer)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' progress bars off inside the block, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()

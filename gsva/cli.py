@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment the targets a query names in one image")
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--query", required=True)
-    p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-tiny)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-smol)")
     p.add_argument("--out", type=Path, default=Path("gsva_out"))
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     add_quantization_flags(p)

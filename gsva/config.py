@@ -225,6 +225,9 @@ class LossConfig:
     SAM is trained from scratch: every object of the image is also segmented from one positive point through SAM's
     own prompt encoder, and that mask's BCE + Dice (same weights as above) is added times this factor. It needs
     instance annotations, and only shapes the image encoder and mask decoder; inference never uses points.
+
+    ``pointer_weight`` (not in the official recipe) weights the object pointer's BCE
+    (:func:`gsva.modeling.object_pointer.pointer_loss`); used only with ``seg_prompt="embedding_and_object_box"``.
     """
 
     ce_weight: float = 1.0
@@ -234,6 +237,7 @@ class LossConfig:
     dice_eps: float = 1e-6
     slot_ce_weight: float = 1.0
     point_prompt_weight: float = 0.0
+    pointer_weight: float = 1.0
 
 
 @dataclass
@@ -262,6 +266,9 @@ class GSVAConfig:
     ``num_image_tokens`` (T) is derived from the vision config. ``conv_template`` is ``"llava_v1"`` (official default,
     Vicuna) or ``"chatml"`` (SmolLM2's template; :mod:`gsva.conversation`).
     ``max_length`` bounds prompt + answer tokens (official ``model_max_length`` 1024).
+    ``seg_prompt`` is how a [SEG] prompts SAM: ``"embedding"`` (the paper: its projected hidden state is the only
+    sparse prompt) or ``"embedding_and_object_box"`` (ours, for ``projector_type="object_words"``: an object pointer
+    also picks the image objects the [SEG] names and adds their boxes; :mod:`gsva.modeling.object_pointer`).
     """
 
     name: str = "gsva-vicuna-7b"
@@ -274,6 +281,7 @@ class GSVAConfig:
     conv_template: str = "llava_v1"
     use_im_start_end: bool = True
     max_length: int = 1024
+    seg_prompt: str = "embedding"
 
     @property
     def num_image_tokens(self) -> int:
@@ -294,6 +302,13 @@ class GSVAConfig:
         if self.text.base is not None and self.trainable.llm_layers:
             raise ConfigError("trainable.llm_layers cannot be on with text.base: the base's layers are never saved "
                               "(train them through LoRA)")
+        if self.seg_prompt not in ("embedding", "embedding_and_object_box"):
+            raise ConfigError(f"seg_prompt {self.seg_prompt!r} is not supported ('embedding' or "
+                              "'embedding_and_object_box')")
+        if self.seg_prompt == "embedding_and_object_box" and (self.vision.projector_type != "object_words"
+                                                              or self.vision.preprocess != "resize"):
+            raise ConfigError("seg_prompt 'embedding_and_object_box' needs vision.projector_type 'object_words' and "
+                              "vision.preprocess 'resize' (object boxes are fractions of the whole image)")
         if self.vision.reads_words and self.text.base is None:
             raise ConfigError(f"vision.projector_type {self.vision.projector_type!r} needs text.base (its word "
                               "embeddings come from the base)")
@@ -415,6 +430,7 @@ def _smol() -> GSVAConfig:
         trainable=TrainableConfig(vision_tower=False, mm_projector=False, sam_image_encoder=False, llm_layers=False),
         conv_template="chatml",
         max_length=512,
+        seg_prompt="embedding_and_object_box",
     )
 
 

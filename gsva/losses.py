@@ -85,7 +85,8 @@ class LossBreakdown:
     """Scalar losses (0-dim fp32 tensors). ``total`` has the graph; the parts are weighted as in ``total``.
 
     ``num_masks`` counts the [SEG] masks the mask losses were averaged over. ``point_mask`` is the auxiliary
-    point-prompt term (0 unless ``LossConfig.point_prompt_weight`` > 0; see :func:`point_prompt_loss`).
+    point-prompt term (0 unless ``LossConfig.point_prompt_weight`` > 0; see :func:`point_prompt_loss`). ``pointer``
+    the weighted object-pointer BCE (:func:`gsva.modeling.object_pointer.pointer_loss`; None without a pointer).
     """
 
     total: torch.Tensor
@@ -94,6 +95,7 @@ class LossBreakdown:
     mask_dice: torch.Tensor
     num_masks: int
     point_mask: torch.Tensor | None = None
+    pointer: torch.Tensor | None = None
 
 
 def _mask_loss_sums(mask_logits: list[torch.Tensor], gt_masks: list[torch.Tensor], cfg: LossConfig,

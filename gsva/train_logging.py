@@ -1,7 +1,8 @@
 """Training metrics to TensorBoard (and optionally Weights & Biases), rank 0 only.
 
-Scalars: ``train/loss``, ``train/ce``, ``train/mask_bce``, ``train/mask_dice``, ``train/point_mask``, ``train/lr``,
-``train/num_masks``, ``train/skipped`` per optimizer step, and ``val/<scorer>/<metric>`` per validation.
+Scalars: ``train/loss``, ``train/ce``, ``train/mask_bce``, ``train/mask_dice``, ``train/point_mask``,
+``train/pointer``, ``train/lr``, ``train/num_masks``, ``train/skipped`` per optimizer step, and
+``val/<scorer>/<metric>`` per validation.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ ALWAYS_TRAINABLE = (
     "mllm.lm_head.",
     "mllm.model.language_model.embed_tokens.",
     "seg_projector.",
+    "object_pointer.",
     "sam.mask_decoder.",
 )
 """Parameter-name prefixes that are always trained (besides LoRA weights)."""

@@ -59,12 +59,6 @@ def iou(a, b):
     return np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1)
 
 
-KNOWN_WEAK = pytest.mark.xfail(strict=True, reason=(
-    "the shipped gsva-tiny does not read the image for [SEG]/[REJ] (README, Known weakness); balanced val gIoU 0.29 / "
-    "N-acc 0.43 / T-acc 0.62. Issue #2 stays open until a retrained default passes; strict: an unexpected pass fails "
-    "the suite so the marker gets removed"))
-
-
 def test_shipped_model_is_within_budget():
     """Only what training changed ships; a model built on a base (gsva-smol) has no tokenizer of its own."""
     files = list(default_model_dir().iterdir())
@@ -75,7 +69,6 @@ def test_shipped_model_is_within_budget():
 
 
 @pytest.mark.slow
-@KNOWN_WEAK
 def test_present_and_absent_target_on_a_held_out_scene(tmp_path):
     """The issue's check: IoU >= 0.5 on a present target and [REJ] on an absent one, through ``gsva predict``."""
     scene, present, absent, picks = held_out_case()
@@ -93,7 +86,6 @@ def test_present_and_absent_target_on_a_held_out_scene(tmp_path):
 
 
 @pytest.mark.slow
-@KNOWN_WEAK
 def test_three_targets_on_a_held_out_scene(tmp_path):
     scene, present, absent, picks = held_out_case()
     Image.fromarray(scene.image).save(tmp_path / "scene.png")
@@ -125,14 +117,12 @@ def test_real_photograph_gets_an_answer(tmp_path):
 
 
 @pytest.mark.slow
-@KNOWN_WEAK
 def test_a_photograph_answer_names_what_was_asked(tmp_path):
     result = predict_result(tmp_path, lion_photo(), "What are the lion, the red car in this image?")
     assert [t["phrase"] for t in result["targets"]] == ["the lion", "the red car"], result
 
 
 @pytest.mark.slow
-@KNOWN_WEAK
 def test_a_question_without_targets_is_answered_in_words(tmp_path):
     scene, _, _, _ = held_out_case()
     Image.fromarray(scene.image).save(tmp_path / "scene.png")

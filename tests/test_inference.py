@@ -24,7 +24,7 @@ def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer,
     with torch.no_grad():
         head = micro_model.mllm.lm_head.weight
         head[predictor.ids.seg] = 3 * head[gen[1]]
-    gen, states, scores, is_seg = predictor._generate(enc, prompt)
+    gen, states, scores, is_seg, _ = predictor._generate(enc, prompt)
     assert gen[1] == predictor.ids.seg and is_seg[0] and 0.5 < scores[0] <= 1.0
     ids = torch.tensor([prompt + gen])
     with torch.no_grad():

@@ -344,3 +344,88 @@ def test_based_configs_refuse_settings_that_would_lose_training():
     with pytest.raises(ConfigError, match="text.base 'llama-9b' is unknown"):
         dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, base="llama-9b")).validate()
     assert GSVAConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _scene_batch(model, tok):
+    """A one-image batch asking for two objects of a synthetic scene, with their masks."""
+    from gsva.data.collate import collate, encode_sample
+    from gsva.data.synth import make_scene
+
+    scene = make_scene(3, 1)  # three objects
+    objs = scene.objects[:2]
+    phrases = [f"the {o.color} {o.shape}" for o in objs]
+    turn = Turn(f"What are {phrases[0]}, {phrases[1]} in this image?", answer_pieces(phrases, [True, True], style=2),
+                phrases)
+    pieces = render_conversation([turn], model.config.use_im_start_end, model.config.conv_template)
+    masks = np.stack([o.visible for o in objs]).astype(np.float32)
+    return scene, collate([encode_sample(scene.image, pieces, masks, tok, model.token_ids, model.config)],
+                          model.token_ids.pad)
+
+
+def test_the_object_pointer_trains_with_the_seg_masks(smol):
+    """gsva-smol's forward pass: pointer targets from the masks, the pointer's BCE in the loss, gradients reaching
+    the pointer and the [SEG] states, masks prompted by the named objects' boxes."""
+    from gsva.trainable import is_trainable
+
+    model, tok = smol
+    _, batch = _scene_batch(model, tok)
+    pointer = list(model.object_pointer.parameters())
+    assert all(is_trainable(n, model.config.trainable) for n, _ in model.named_parameters() if "object_pointer" in n)
+    flags = [p.requires_grad for p in pointer]
+    for p in pointer:
+        p.requires_grad_(True)
+    model.train()
+    try:
+        out = model(batch)
+        assert out.loss.pointer is not None and torch.isfinite(out.loss.pointer) and float(out.loss.pointer) > 0
+        out.loss.total.backward()
+        assert float(model.object_pointer.query.weight.grad.abs().sum()) > 0
+        assert float(model.object_pointer.key.weight.grad.abs().sum()) > 0
+        assert out.mask_logits[0].shape == (2, *batch.original_hw[0])
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        for p, flag in zip(pointer, flags):
+            p.requires_grad_(flag)
+
+
+def test_slot_masks_are_the_union_of_the_chosen_objects(smol):
+    """With targets, a [SEG]'s low-res logits are the pixel-wise max over its named slots, each decoded from the
+    projected [SEG] embedding plus that slot's box; without, the pointer's own choice decides."""
+    from gsva.modeling.object_pointer import choose_objects
+    from gsva.modeling.sam import decode_masks
+
+    model, tok = smol
+    _, batch = _scene_batch(model, tok)
+    with torch.no_grad():
+        feats, layout = model.image_tokens(batch.clip_pixels)
+        hidden, _ = model.language_forward(model.embed_inputs(batch.input_ids, feats), batch.attention_mask)
+        objects = model.object_slots(hidden, batch.input_ids, layout, batch.resized_hw)
+        embeddings = model.sam_image_embeddings(batch.sam_pixels)
+        assert int(layout.present.sum()) >= 2
+        seg_hidden = hidden[0, -3:-1]  # any two states
+        index = torch.zeros(2, dtype=torch.long)
+        targets = torch.zeros(2, layout.present.shape[1])
+        targets[0, 0] = targets[0, 1] = 1  # slot 0 and 1 for the first [SEG], nothing named for the second
+        low, logits = model.slot_masks(seg_hidden, index, embeddings, objects, targets)
+        prompts = model.seg_projector(seg_hidden)
+        each = decode_masks(model.sam, embeddings, prompts[[0, 0]], index, boxes=objects.boxes[0, :2])
+        torch.testing.assert_close(low[0], each.amax(0))
+        own = choose_objects(logits[1:], objects.present)[0]
+        mine = decode_masks(model.sam, embeddings, prompts[[1] * len(own)], torch.zeros(len(own), dtype=torch.long),
+                            boxes=objects.boxes[0, own])
+        torch.testing.assert_close(low[1], mine.amax(0))
+    with pytest.raises(ValueError, match="object slots"):
+        model.slot_masks(seg_hidden, index, embeddings, None)
+
+
+def test_object_boxes_are_in_the_sam_input_frame(smol):
+    model, _ = smol
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, layout = model.image_tokens(torch.rand(1, 3, 160, 160))
+        ids = torch.full((1, model.config.num_image_tokens), model.token_ids.image)
+        hidden = torch.zeros(1, model.config.num_image_tokens, 576)
+        objects = model.object_slots(hidden, ids, layout, [(96, 128)])  # a 3:4 image resized into SAM's frame
+    torch.testing.assert_close(objects.boxes[0], layout.boxes[0] * torch.tensor([128.0, 96.0, 128.0, 96.0]))
+    assert objects.states.shape == (1, model.config.vision.max_objects, 576)

@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             logged_validations = len(trainer.validation_history)
         bar.set_postfix(loss=f"{entry.loss:.3f}", ce=f"{entry.ce:.3f}", lr=f"{entry.lr:.2e}")
         if trainer.rank == 0 and (entry.step % recipe.log_every == 0 or entry.step == recipe.max_steps):
-            log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f point %.4f lr %.3e masks %d bad records %d "
-                     "(%.1f s)", entry.step, entry.loss, entry.ce, entry.mask_bce, entry.mask_dice, entry.point_mask,
-                     entry.lr, entry.num_masks, entry.bad_records, time.time() - start)
+            log.info("step %d loss %.4f ce %.4f bce %.4f dice %.4f point %.4f pointer %.4f lr %.3e masks %d "
+                     "bad records %d (%.1f s)", entry.step, entry.loss, entry.ce, entry.mask_bce, entry.mask_dice,
+                     entry.point_mask, entry.pointer, entry.lr, entry.num_masks, entry.bad_records,
+                     time.time() - start)
     bar.close()
     if metrics is not None:
         for step, results in trainer.validation_history[logged_validations:]:  # a validation after the last step

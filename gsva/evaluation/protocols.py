@@ -26,6 +26,7 @@ import torch
 from ..conversation import Piece, Turn, normalize_phrase, render_conversation, tokenize_pieces
 from ..data.collate import collate, encode_sample
 from ..inference import Answer, EncodedImage, GSVAPredictor
+from ..modeling.object_projector import ObjectLayout
 from ..modeling.seg_tokens import locate_slots
 
 __all__ = ["SlotOutcome", "match_slots", "generate_outcomes", "teacher_forced_outcomes"]
@@ -112,7 +113,8 @@ def teacher_forced_outcomes(predictor: GSVAPredictor, conversations: list[tuple[
     row_image = torch.tensor([image_number.setdefault(id(c[0]), len(image_number)) for c in conversations],
                              device=model.device)
     unique = [next(r for r, c in enumerate(conversations) if id(c[0]) == key) for key in image_number]
-    feats = model.image_features(batch.clip_pixels[unique])[row_image]
+    feats, layout = model.image_tokens(batch.clip_pixels[unique])
+    feats = feats[row_image]
     hidden, _ = model.language_forward(model.embed_inputs(batch.input_ids, feats), batch.attention_mask)
     slots = locate_slots(batch.input_ids, ids.seg, ids.rej)
     logits = model.lm_logits(hidden[slots.batch_index, slots.predict_position]).float()  # (S, V)
@@ -127,9 +129,13 @@ def teacher_forced_outcomes(predictor: GSVAPredictor, conversations: list[tuple[
     reeval_ids = batch.input_ids.masked_fill(batch.input_ids == ids.rej, ids.seg)
     hidden2, _ = model.language_forward(model.embed_inputs(reeval_ids, feats), batch.attention_mask)
     slots2 = locate_slots(reeval_ids, ids.seg, ids.rej)
-    prompts = model.seg_prompts(hidden2, slots2)
     embeddings = model.sam_image_embeddings(batch.sam_pixels[unique])
-    low = model.decode_masks(embeddings, prompts, row_image[slots2.batch_index])
+    objects = None
+    if model.uses_object_pointer:  # the object slots of every conversation row
+        row_layout = ObjectLayout(layout.boxes[row_image], layout.present[row_image])
+        objects = model.object_slots(hidden2, reeval_ids, row_layout, batch.resized_hw)
+    seg_hidden = hidden2[slots2.batch_index, slots2.predict_position]
+    low, _ = model.slot_masks(seg_hidden, slots2.batch_index, embeddings[row_image], objects)
     per_row = slots2.counts(len(conversations)).tolist()
     results, start = [], 0
     for r, ((_, _, _, present), n) in enumerate(zip(conversations, per_row)):

@@ -21,6 +21,8 @@ steps of GRES fine-tuning. So the patch words are grouped into objects before th
 Every token of an object also carries a fixed 2D sinusoidal code of the object's centre (:func:`position_code`),
 scaled to ``position_scale`` root-mean-square, so that the ``[SEG]`` hidden state can carry where the matched object
 is; free slots carry none. The rows are the language model's own input embeddings (never trained here).
+:meth:`ObjectWordProjector.encode` also returns where each slot's object is (:class:`ObjectLayout`), for the object
+pointer (:mod:`gsva.modeling.object_pointer`).
 
 Shape legend: B images, P patches (row-major, side x side), Dv tower width, G word groups, K_g words in group g,
 K = sum K_g, D language-model width, S = ``max_objects``, T = S x (G + 1) image tokens.
@@ -29,6 +31,7 @@ K = sum K_g, D language-model width, S = ``max_objects``, T = S x (G + 1) image 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,8 @@ from torch import nn
 
 from .word_projector import PatchWordReader
 
-__all__ = ["ObjectWordProjector", "CropWordReader", "patch_components", "object_crops", "position_code", "CROP_SIZE"]
+__all__ = ["ObjectWordProjector", "ObjectLayout", "CropWordReader", "patch_components", "object_crops", "position_code",
+           "CROP_SIZE"]
 
 CROP_SIZE = 32
 """Side in pixels of the object crops :class:`CropWordReader` reads."""
@@ -144,6 +148,18 @@ def position_code(xy: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
     return code * (scale * math.sqrt(2.0))
 
 
+@dataclass
+class ObjectLayout:
+    """Where the objects written into the image tokens are, slot by slot (slot s = tokens s (G + 1) .. s (G + 1) + G).
+
+    ``boxes`` (B, S, 4) float32 (x0, y0, x1, y1) of each object's patch box as fractions of the tower's input
+    (origin top-left; 0 for free slots); ``present`` (B, S) bool, True where the slot holds an object.
+    """
+
+    boxes: torch.Tensor
+    present: torch.Tensor
+
+
 class ObjectWordProjector(PatchWordReader):
     """(B, P, Dv) tower features -> (B, S * (G + 1), D) image tokens, the objects the tower reads, in words.
 
@@ -175,8 +191,9 @@ class ObjectWordProjector(PatchWordReader):
 
     def read_objects(self, features: torch.Tensor, pixels: torch.Tensor | None = None) -> list[list[dict]]:
         """Per image, the objects written into its tokens (left to right): ``{"words": [index in group g, ...],
-        "patches": [patch indices], "center": (x, y) in [0, 1] image fractions}``. ``pixels`` (B, 3, s, s), the
-        tower's input: words from :attr:`crop_reader`; None: from the patches' votes."""
+        "patches": [patch indices], "center": (x, y) and "box": (x0, y0, x1, y1) in [0, 1] image fractions (the
+        patch box)}``. ``pixels`` (B, 3, s, s), the tower's input: words from :attr:`crop_reader`; None: from the
+        patches' votes."""
         log_probs = [lg.float().log_softmax(-1) for lg in self.word_logits(features)]
         keys = log_probs[self.object_group].argmax(-1)  # (B, P)
         background = self.group_sizes[self.object_group] - 1
@@ -196,11 +213,20 @@ class ObjectWordProjector(PatchWordReader):
                 rows, cols = idx // self.side, idx % self.side
                 center = (float((cols.float() + 0.5).mean()) / self.side,
                           float((rows.float() + 0.5).mean()) / self.side)
-                objects.append({"words": words, "patches": members, "center": center})
+                box = (int(cols.min()) / self.side, int(rows.min()) / self.side,
+                       (int(cols.max()) + 1) / self.side, (int(rows.max()) + 1) / self.side)
+                objects.append({"words": words, "patches": members, "center": center, "box": box})
             out.append(sorted(objects, key=lambda o: (o["center"][0], o["center"][1])))
         return out
 
     def forward(self, features: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, P, Dv) features (and the (B, 3, s, s) pixels) -> (B, T, D) image tokens; see :meth:`encode`."""
+        return self.encode(features, pixels)[0]
+
+    def encode(self, features: torch.Tensor, pixels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, ObjectLayout]:
+        """(B, P, Dv) features (and the (B, 3, s, s) pixels) -> ((B, T, D) image tokens, their
+        :class:`ObjectLayout`)."""
         g = len(self.group_sizes)
         emb = self.word_embeddings
         offsets = self.group_offsets.tolist()
@@ -209,11 +235,13 @@ class ObjectWordProjector(PatchWordReader):
         free = torch.tensor(background_rows + [separator], device=emb.device)
         rows = free.repeat(features.shape[0], self.max_objects, 1)  # (B, S, G + 1) rows of word_embeddings
         centers = torch.zeros((features.shape[0], self.max_objects, 2), device=emb.device)
+        boxes = torch.zeros((features.shape[0], self.max_objects, 4), device=emb.device)
         present = torch.zeros((features.shape[0], self.max_objects), dtype=torch.bool, device=emb.device)
         for b, objects in enumerate(self.read_objects(features, pixels)):
             for s, obj in enumerate(objects):
                 rows[b, s, :g] = torch.tensor([offsets[i] + w for i, w in enumerate(obj["words"])], device=emb.device)
                 centers[b, s] = torch.tensor(obj["center"], device=emb.device)
+                boxes[b, s] = torch.tensor(obj["box"], device=emb.device)
                 present[b, s] = True
         tokens = emb[rows]  # (B, S, G + 1, D)
         if self.position_scale:
@@ -221,4 +249,4 @@ class ObjectWordProjector(PatchWordReader):
             code = code.view(*centers.shape[:2], 1, -1) * present[..., None, None].to(emb.dtype)
             tokens = tokens + code
         b, s, t, d = tokens.shape
-        return tokens.reshape(b, s * t, d)
+        return tokens.reshape(b, s * t, d), ObjectLayout(boxes=boxes, present=present)

@@ -53,7 +53,7 @@ def build_sam(cfg: SamConfig) -> nn.Module:
 
 
 def decode_masks(sam: nn.Module, image_embeddings: torch.Tensor, prompts: torch.Tensor,
-                 image_index: torch.Tensor) -> torch.Tensor:
+                 image_index: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Low-resolution mask logits for every prompt.
 
     Args:
@@ -61,6 +61,9 @@ def decode_masks(sam: nn.Module, image_embeddings: torch.Tensor, prompts: torch.
         image_embeddings: (B, C, h, w) SAM image-encoder output.
         prompts: (N, C) projected [SEG] embeddings (``sparse_prompt_embeddings``, one token each).
         image_index: (N,) int64, the image (row of ``image_embeddings``) each prompt belongs to.
+        boxes: None (the paper's prompting), or (N, 4) float (x0, y0, x1, y1) pixels of the SAM input frame: each
+            prompt then also carries that box through SAM's own prompt encoder (two more sparse tokens, after the
+            [SEG] token; :mod:`gsva.modeling.object_pointer`).
 
     Returns:
         (N, 1, 4h, 4w) mask logits (not probabilities), in prompt order, dtype of ``image_embeddings``. The mask
@@ -71,8 +74,16 @@ def decode_masks(sam: nn.Module, image_embeddings: torch.Tensor, prompts: torch.
     dtype = image_embeddings.dtype
     if image_index.shape != (n,):
         raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
+    sparse = prompts.to(dtype).unsqueeze(1)
+    if boxes is not None:
+        if boxes.shape != (n, 4):
+            raise ValueError(f"boxes must be ({n}, 4), got {tuple(boxes.shape)}")
+        _keep_pe_fp32(sam)
+        with torch.autocast(image_embeddings.device.type, enabled=False):
+            box_tokens, _ = sam.prompt_encoder(points=None, boxes=boxes.float(), masks=None)  # (N, 2, C)
+        sparse = torch.cat([sparse, box_tokens.to(dtype)], dim=1)
     dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype).expand(n, c, h, w)
-    return _decode_per_image(sam, image_embeddings, prompts.to(dtype).unsqueeze(1), dense, image_index)
+    return _decode_per_image(sam, image_embeddings, sparse, dense, image_index)
 
 
 def decode_point_masks(sam: nn.Module, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
