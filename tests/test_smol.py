@@ -362,12 +362,32 @@ def _scene_batch(model, tok):
                           model.token_ids.pad)
 
 
-def test_the_object_pointer_trains_with_the_seg_masks(smol):
+@pytest.fixture()
+def reading_smol(smol):
+    """The 2-layer fixture with the committed stage-(a) tower and crop reader, so that it finds the scene's objects
+    (a random tower may find none); the random weights are put back afterwards."""
+    from pathlib import Path
+
+    from gsva.vision_pretrain import load_vision_weights
+
+    model, tok = smol
+    parts = [model.mllm.model.vision_tower, model.mllm.model.multi_modal_projector]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in parts]
+    load_vision_weights(model, Path(__file__).resolve().parents[1] / "train" / "stages" / "gsva-smol" /
+                        "vision.safetensors")
+    try:
+        yield model, tok
+    finally:
+        for m, state in zip(parts, saved):
+            m.load_state_dict(state)
+
+
+def test_the_object_pointer_trains_with_the_seg_masks(reading_smol):
     """gsva-smol's forward pass: pointer targets from the masks, the pointer's BCE in the loss, gradients reaching
     the pointer and the [SEG] states, masks prompted by the named objects' boxes."""
     from gsva.trainable import is_trainable
 
-    model, tok = smol
+    model, tok = reading_smol
     _, batch = _scene_batch(model, tok)
     pointer = list(model.object_pointer.parameters())
     assert all(is_trainable(n, model.config.trainable) for n, _ in model.named_parameters() if "object_pointer" in n)
@@ -377,7 +397,8 @@ def test_the_object_pointer_trains_with_the_seg_masks(smol):
     model.train()
     try:
         out = model(batch)
-        assert out.loss.pointer is not None and torch.isfinite(out.loss.pointer) and float(out.loss.pointer) > 0
+        pointer_bce = out.loss.pointer.detach()
+        assert torch.isfinite(pointer_bce) and float(pointer_bce) > 0
         out.loss.total.backward()
         assert float(model.object_pointer.query.weight.grad.abs().sum()) > 0
         assert float(model.object_pointer.key.weight.grad.abs().sum()) > 0
@@ -389,13 +410,13 @@ def test_the_object_pointer_trains_with_the_seg_masks(smol):
             p.requires_grad_(flag)
 
 
-def test_slot_masks_are_the_union_of_the_chosen_objects(smol):
+def test_slot_masks_are_the_union_of_the_chosen_objects(reading_smol):
     """With targets, a [SEG]'s low-res logits are the pixel-wise max over its named slots, each decoded from the
     projected [SEG] embedding plus that slot's box; without, the pointer's own choice decides."""
     from gsva.modeling.object_pointer import choose_objects
     from gsva.modeling.sam import decode_masks
 
-    model, tok = smol
+    model, tok = reading_smol
     _, batch = _scene_batch(model, tok)
     with torch.no_grad():
         feats, layout = model.image_tokens(batch.clip_pixels)
