@@ -22,7 +22,7 @@ def _synth(args: argparse.Namespace) -> int:
     from .data.synth import write_synthetic_grefcoco
 
     counts = write_synthetic_grefcoco(args.out, seed=args.seed, num_images=args.images,
-                                      per_image=args.expressions_per_image)
+                                      per_image=args.expressions_per_image, png_share=args.png_share)
     sys.stdout.write(f"wrote {sum(counts.values())} images to {args.out} "
                      f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})\n")
     return 0
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--expressions-per-image", type=int, default=8)
+    p.add_argument("--png-share", type=float, default=0.5,
+                   help="share of images written as PNG (the rest JPEG, quality 70-95); default 0.5")
     p.set_defaults(func=_synth)
     p = sub.add_parser("standins", help="write tiny stand-ins of every pre-training dataset in the official layout")
     p.add_argument("--out", required=True, type=Path)

@@ -37,6 +37,7 @@ __all__ = [
     "parse_slot_phrases",
     "normalize_phrase",
     "PromptTooLongError",
+    "question_phrases",
 ]
 
 SYSTEM_PROMPT = (
@@ -221,6 +222,23 @@ def tokenize_pieces(pieces: list[Piece], tokenizer, ids: ControlTokenIds, num_im
             raise PromptTooLongError(
                 f"the conversation needs more than {max_length} tokens (the model's limit); shorten the question")
     return input_ids, labels
+
+
+_QUESTION_FORMS = [re.compile("^" + re.escape(t).replace(re.escape("{X}"), "(.+?)") + "$", re.IGNORECASE)
+                   for t in QUESTION_TEMPLATES + ("What are {X} in this image?", "What is {X} in this image?")]
+
+
+def question_phrases(question: str) -> list[str] | None:
+    """The phrases a question in one of our multi-target forms names (``QUESTION_TEMPLATES``, "What are {X} in
+    this image?", "What is {X} in this image?"; ``{X}`` split at ", "), else None.
+    "What are the red heart, the zebra in this image?" -> ["the red heart", "the zebra"]."""
+    text = " ".join(question.split())
+    for form in _QUESTION_FORMS:
+        match = form.match(text)
+        if match:
+            phrases = [p.strip(" ,") for p in match.group(1).split(", ")]
+            return phrases if all(phrases) else None
+    return None
 
 
 _START_RE = re.compile(r"^\s*(the segmentation results are|sure, they are|sure,)\s*", re.IGNORECASE)

@@ -24,7 +24,7 @@ from .data.transforms import clip_preprocess, sam_preprocess
 from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel
 from .modeling.object_projector import ObjectLayout
-from .prompt_lookup import draft_from_prompt
+from .prompt_lookup import answer_hint, draft_from_prompt
 from .tokens import add_control_tokens
 
 __all__ = ["Target", "Answer", "EncodedImage", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
@@ -204,7 +204,9 @@ class GSVAPredictor:
         while ids is None:
             history = history[1:]
             ids = self._prompt_ids(history, question)
-        gen, states, scores, is_seg, objects = self._generate(encoded, ids)
+        hint = answer_hint(question, self.tokenizer, self.ids, self.model.config.conv_template) \
+            if self.draft_tokens else []
+        gen, states, scores, is_seg, objects = self._generate(encoded, ids, hint)
         answer = self._build_answer(encoded, gen, states, scores, is_seg, objects, decode_rejected)
         turn = Turn(question, [Piece(ids=tuple(gen) + (self.ids.eos,), train=True)])
         return answer, history + [turn]
@@ -223,9 +225,9 @@ class GSVAPredictor:
         return ids
 
     @torch.inference_mode()
-    def _generate(self, encoded: EncodedImage, prompt_ids: list[int]):
+    def _generate(self, encoded: EncodedImage, prompt_ids: list[int], hint: list[int] | None = None):
         """Greedy decoding with a KV cache and prompt-lookup drafts (:mod:`gsva.prompt_lookup`; ``draft_tokens`` 0
-        turns drafts off). Returns (generated ids, slot hidden states (D,), scores, is_seg, the prompt's
+        turns drafts off) copied from ``hint`` (:func:`gsva.prompt_lookup.answer_hint`) and the prompt. Returns (generated ids, slot hidden states (D,), scores, is_seg, the prompt's
         :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer).
 
         Each step feeds the last chosen token plus up to ``draft_tokens`` ids copied from the prompt in one forward
@@ -245,6 +247,8 @@ class GSVAPredictor:
         logits = model.lm_logits(last).float()[0]  # (V,)
         banned = self._banned.to(device)
         stop_draft = {self.ids.image, self.ids.eos, *self._banned.tolist()}  # ids greedy decoding never picks
+        source = list(hint or []) + list(prompt_ids)  # the hint first: its copy is preferred
+        aliases = {self.ids.rej: self.ids.seg}  # after a [REJ] the hint's "[SEG], ..." goes on
         gen: list[int] = []
         states, scores, is_seg = [], [], []
         budget = min(self.max_new_tokens, model.config.max_length - len(prompt_ids))
@@ -271,8 +275,8 @@ class GSVAPredictor:
             gen.append(token)
             if len(gen) >= budget:
                 break
-            draft, start = draft_from_prompt(prompt_ids, gen, cursor, min(self.draft_tokens, budget - len(gen)),
-                                             stop_draft)
+            draft, start = draft_from_prompt(source, gen, cursor, min(self.draft_tokens, budget - len(gen)),
+                                             stop_draft, aliases=aliases)
             feed = torch.tensor([[token] + draft], device=device)
             hidden, cache = model.language_forward(model.mllm.get_input_embeddings()(feed), None, cache,
                                                    use_cache=True)

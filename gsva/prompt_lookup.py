@@ -10,17 +10,24 @@ answer: every kept token is the argmax of the model's own logits.
 
 Our matcher prefers the first match at or after ``cursor`` (where the previous copy ended), so phrases are copied
 in the order the question names them even when a short n-gram such as "the" occurs several times.
+
+The prompt alone cannot draft what the answer adds around the phrases (its opening words, the slot tokens, the
+separators), so every slot costs at least two passes. :func:`answer_hint` writes the answer a model trained on our
+templates gives when every named target is present (:func:`gsva.conversation.answer_pieces`, style 0) as a second
+source placed before the prompt; with ``[REJ]`` matched as ``[SEG]`` (``aliases``) a rejected target breaks the
+copy for one pass only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
-__all__ = ["draft_from_prompt"]
+__all__ = ["draft_from_prompt", "answer_hint"]
 
 
 def draft_from_prompt(prompt: Sequence[int], generated: Sequence[int], cursor: int, max_draft: int,
-                      stop_ids: Collection[int] = (), max_ngram: int = 3) -> tuple[list[int], int]:
+                      stop_ids: Collection[int] = (), max_ngram: int = 3,
+                      aliases: Mapping[int, int] | None = None) -> tuple[list[int], int]:
     """Up to ``max_draft`` token ids that followed the generated tail the last time it occurred in ``prompt``.
 
     Args:
@@ -29,16 +36,19 @@ def draft_from_prompt(prompt: Sequence[int], generated: Sequence[int], cursor: i
             ends at or after it wins, else the first match.
         max_draft: most ids to return (0 returns none). stop_ids: ids a draft never contains (the draft ends
             before the first one, e.g. the image placeholder). max_ngram: longest tail tried; shorter tails are
-            tried when it has no match.
+            tried when it has no match. aliases: ids matched as another id (``{rej_id: seg_id}``); drafts copy the
+            source's own ids.
     Returns:
         (draft ids, prompt index just after the matched tail): the caller sets ``cursor`` to that index plus the
         number of draft ids it accepted. ``([], cursor)`` when nothing matches.
     """
     if max_draft <= 0 or not generated:
         return [], cursor
+    aliases = aliases or {}
+    source = [aliases.get(int(t), int(t)) for t in prompt] if aliases else list(prompt)
     for n in range(min(max_ngram, len(generated)), 0, -1):
-        tail = list(generated[-n:])
-        starts = [i for i in range(len(prompt) - n) if list(prompt[i:i + n]) == tail]
+        tail = [aliases.get(int(t), int(t)) for t in generated[-n:]]
+        starts = [i for i in range(len(source) - n) if source[i:i + n] == tail]
         if not starts:
             continue
         # a match ending at or after the cursor continues the copy in progress (or starts the next phrase)
@@ -51,3 +61,20 @@ def draft_from_prompt(prompt: Sequence[int], generated: Sequence[int], cursor: i
         if draft:
             return draft, start
     return [], cursor
+
+
+def answer_hint(question: str, tokenizer, ids, template: str) -> list[int]:
+    """Token ids of the answer to ``question`` when every target it names is present, in the answer form our models
+    are trained with (:func:`gsva.conversation.answer_pieces`, style 0: "The segmentation results are A [SEG], B
+    [SEG]."; conversation ``template`` "chatml" or "llava_v1" decides the leading space), ending with EOS; [] when
+    the question is not one of the multi-target forms (:func:`gsva.conversation.question_phrases`). A draft source
+    only: a wrong hint costs time, never a different answer."""
+    from .conversation import answer_pieces, question_phrases, tokenize_pieces
+
+    phrases = question_phrases(question)
+    if not phrases:
+        return []
+    pieces = answer_pieces(phrases, [True] * len(phrases), style=0)
+    if template == "chatml":  # its answer starts a line (gsva.conversation.render_conversation)
+        pieces[0] = type(pieces[0])(pieces[0].text[1:], train=True)
+    return tokenize_pieces(pieces, tokenizer, ids, num_image_tokens=0)[0]

@@ -204,7 +204,7 @@ class SamTrainer(StageTrainer):
 
     def loss(self, batch) -> torch.Tensor:
         pixels, masks, prompts, is_box, index = batch
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with self.autocast():
             logits = self.net(pixels, prompts, is_box, index)
         if len(masks) == 0:
             return 0.0 * logits.sum()

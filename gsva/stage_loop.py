@@ -9,6 +9,7 @@ what the network, the data, the loss, the validation and the output are.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StageRecipe:
     """The fields every stage recipe has (YAML; unknown keys are errors); a stage's recipe subclasses it and may
-    change the defaults. ``torch_threads`` 0: torch's default."""
+    change the defaults. ``torch_threads`` 0: torch's default. ``precision``: "bf16" runs the forward pass under
+    CPU bf16 autocast, "fp32" without (CPUs without AVX512-BF16 emulate bf16 matmuls slowly: gsva-smol's stage (d)
+    measured 188 s/step bf16 vs 7.2 s fp32 on an AVX2 EPYC)."""
 
     model: str = "gsva-smol"
     data_root: str = "data/synth"
@@ -46,6 +49,7 @@ class StageRecipe:
     num_workers: int = 1
     torch_threads: int = 0
     tensorboard: bool = True
+    precision: str = "bf16"
 
     def validate(self):
         """Check the shared fields; return ``self``. Raises :class:`gsva.config.ConfigError`."""
@@ -54,6 +58,8 @@ class StageRecipe:
         for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         get_named_config(self.model)
         return self
 
@@ -126,6 +132,12 @@ class StageTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.step = state["step"]
             logger.info("resuming %s from step %d", self.stage, self.step)
+
+    def autocast(self):
+        """The forward pass's precision context (``recipe.precision``)."""
+        if self.recipe.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -- what a stage defines ------------------------------------------------------------------------------------
     def dataset(self, split: str, augment: bool) -> torch.utils.data.Dataset:

@@ -1,6 +1,7 @@
 """Synthetic data validity, the gRefCOCO reader on the real format, malformed annotation files."""
 
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -73,6 +74,27 @@ def test_same_seed_same_files(tmp_path):
         assert (tmp_path / "a/grefcoco" / name).read_bytes() == (tmp_path / "b/grefcoco" / name).read_bytes()
     with pytest.raises(FileExistsError):
         write_synthetic_grefcoco(tmp_path / "a", seed=5, num_images=6)
+
+
+def test_images_are_written_lossless_and_lossy(tmp_path):
+    """About half PNG, the rest JPEG: the PNG pixels are the scene's exactly; the share is checked."""
+    from gsva.data.synth import image_format
+    from gsva.images import load_image
+
+    write_synthetic_grefcoco(tmp_path / "d", seed=5, num_images=12)
+    images = json.loads((tmp_path / "d/grefcoco/instances.json").read_text())["images"]
+    kinds = [Path(im["file_name"]).suffix for im in images]
+    assert set(kinds) == {".png", ".jpg"}, kinds
+    for index, im in enumerate(images):
+        kind, quality = image_format(5, index)
+        assert im["file_name"].endswith("." + kind) and (quality is None) == (kind == "png")
+        pixels = load_image(tmp_path / "d/images" / im["file_name"])
+        exact = np.array_equal(pixels, make_scene(5, index).image)
+        assert exact == (kind == "png"), im["file_name"]
+    write_synthetic_grefcoco(tmp_path / "all_jpeg", seed=5, num_images=3, png_share=0.0)
+    assert sorted(p.suffix for p in (tmp_path / "all_jpeg/images").iterdir()) == [".jpg"] * 3
+    with pytest.raises(ValueError, match="png_share"):
+        write_synthetic_grefcoco(tmp_path / "bad", seed=5, num_images=3, png_share=1.5)
 
 
 def test_compressed_rle_and_crowd(tmp_path, synth_root):

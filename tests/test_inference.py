@@ -76,6 +76,35 @@ def test_prompt_lookup_copies_the_next_phrase_in_question_order():
     assert draft_from_prompt(prompt, [1], cursor=0, max_draft=0) == ([], 0)
 
 
+def test_prompt_lookup_matches_rej_as_seg_and_copies_the_source():
+    from gsva.prompt_lookup import draft_from_prompt
+
+    seg, rej = 100, 101
+    hint = [2, 9, 1, 5, seg, 2, 1, 6, seg, 3]  # ", x the red [SEG] , the blue [SEG] ."
+    # the answer rejected the first target; "red [REJ] ," still continues the hint, whose own ids are drafted
+    assert draft_from_prompt(hint, [1, 5, rej, 2], cursor=0, max_draft=4, aliases={rej: seg}) == ([1, 6, seg, 3], 6)
+    # without the alias only the tail [2] matches, first at the start
+    assert draft_from_prompt(hint, [1, 5, rej, 2], cursor=0, max_draft=4) == ([9, 1, 5, seg], 1)
+
+
+def test_question_phrases_and_answer_hint(tokenizer):
+    from gsva.conversation import answer_pieces, question_phrases, tokenize_pieces
+    from gsva.prompt_lookup import answer_hint
+    from gsva.tokens import add_control_tokens
+
+    assert question_phrases("What are the red heart, the zebra in this image?") == ["the red heart", "the zebra"]
+    assert question_phrases("  Can you segment   the cat in this image? ") == ["the cat"]
+    assert question_phrases("What are the dogs in this image? Please output segmentation masks.") == ["the dogs"]
+    assert question_phrases("What is the dog in this image?") == ["the dog"]
+    assert question_phrases("What colour is the large shape?") is None
+    assert question_phrases("What are , in this image?") is None
+    ids = add_control_tokens(tokenizer)
+    hint = answer_hint("What are the red heart, the zebra in this image?", tokenizer, ids, "llava_v1")
+    expected = tokenize_pieces(answer_pieces(["the red heart", "the zebra"], [True, True], 0), tokenizer, ids, 0)[0]
+    assert hint == expected and hint.count(ids.seg) == 2 and hint[-1] == ids.eos
+    assert answer_hint("What colour is the large shape?", tokenizer, ids, "chatml") == []
+
+
 def test_drafted_decoding_gives_the_one_token_answer():
     """Three-target questions on held-out scenes with the shipped gsva-tiny: prompt-lookup drafts change the number
     of forward passes, not the answer. gsva-tiny seldom copies the asked phrases, so most drafts are rejected here
