@@ -1,6 +1,7 @@
 """Chat inference: set an image once, then ask questions answered by real autoregressive generation.
 
-:class:`GSVAPredictor` computes the CLIP features and the SAM ``image_embeddings`` of an image once
+:class:`GSVAPredictor` computes the CLIP features, the SAM ``image_embeddings`` and the language model's pass over
+the prompt's shared start (system message and image tokens, :class:`PromptPrefix`) of an image once
 (:meth:`~GSVAPredictor.set_image`) and reuses them for every question about it. :meth:`~GSVAPredictor.ask`
 
 1. renders the conversation so far plus the new question (llava_v1 template; earlier turns stay in context),
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from .modeling.object_projector import ObjectLayout
 from .prompt_lookup import answer_hint, draft_from_prompt
 from .tokens import add_control_tokens
 
-__all__ = ["Target", "Answer", "EncodedImage", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
+__all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ class EncodedImage:
 
     ``image`` (H, W, 3) uint8; ``features`` (1, T, D) projected CLIP features; ``embeddings`` (1, C, h, w) SAM
     ``image_embeddings``; ``resized_hw`` the (h', w') SAM resize of (H, W); ``layout`` where the objects of the
-    image tokens are (``projector_type="object_words"``), else None.
+    image tokens are (``projector_type="object_words"``), else None; ``prefix`` the language model's pass over the
+    prompt's start that every first-turn prompt about this image shares (:class:`PromptPrefix`), or None.
     """
 
     image: np.ndarray
@@ -87,6 +90,21 @@ class EncodedImage:
     embeddings: torch.Tensor
     resized_hw: tuple[int, int]
     layout: ObjectLayout | None = None
+    prefix: "PromptPrefix | None" = None
+
+
+@dataclass
+class PromptPrefix:
+    """The system message, the user tag and the image tokens, run through the language model once per image.
+
+    ``ids`` the prefix's K token ids; ``hidden`` (1, K, D) its last hidden states; ``cache`` its keys and values
+    (a transformers ``DynamicCache``, copied before each use: decoding appends to it). Causal attention makes them
+    the same in every prompt that starts with ``ids``.
+    """
+
+    ids: tuple[int, ...]
+    hidden: torch.Tensor
+    cache: object
 
 
 class GSVAPredictor:
@@ -187,7 +205,24 @@ class GSVAPredictor:
         features, layout = self.model.image_tokens(clip)
         return EncodedImage(image=image, features=features,
                             embeddings=self.model.sam_image_embeddings(sam_pixels[None].to(device, dtype)),
-                            resized_hw=resized, layout=layout)
+                            resized_hw=resized, layout=layout, prefix=self._prompt_prefix(features))
+
+    def _prompt_prefix(self, features: torch.Tensor) -> PromptPrefix | None:
+        """Run the start every first-turn prompt shares (found as the common start of two prompts) through the
+        language model; None when that start does not hold all image tokens."""
+        from transformers import DynamicCache
+
+        a, b = self._prompt_ids([], "a"), self._prompt_ids([], "b")
+        if a is None or b is None:
+            return None
+        k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        ids = a[:k]
+        if ids.count(self.ids.image) != self.model.config.num_image_tokens:
+            return None
+        row = torch.tensor([ids], device=self.model.device)
+        hidden, cache = self.model.language_forward(self.model.embed_inputs(row, features), None, DynamicCache(),
+                                                    use_cache=True)
+        return PromptPrefix(ids=tuple(ids), hidden=hidden, cache=cache)
 
     @torch.inference_mode()
     def answer(self, encoded: EncodedImage, history: list[Turn], question: str, decode_rejected: bool = False,
@@ -238,8 +273,17 @@ class GSVAPredictor:
 
         model, device = self.model, self.model.device
         ids = torch.tensor([prompt_ids], device=device)
-        hidden, cache = model.language_forward(model.embed_inputs(ids, encoded.features), None, DynamicCache(),
-                                               use_cache=True)
+        prefix = encoded.prefix
+        shared = prefix is not None and len(prefix.ids) < len(prompt_ids) \
+            and tuple(prompt_ids[:len(prefix.ids)]) == prefix.ids
+        if shared:  # the rest of the prompt holds no image token (all are in the prefix)
+            cache = copy.deepcopy(prefix.cache)
+            rest = model.mllm.get_input_embeddings()(ids[:, len(prefix.ids):])
+            hidden, cache = model.language_forward(rest, None, cache, use_cache=True)
+            hidden = torch.cat([prefix.hidden, hidden], dim=1)
+        else:
+            hidden, cache = model.language_forward(model.embed_inputs(ids, encoded.features), None, DynamicCache(),
+                                                   use_cache=True)
         objects = None
         if model.uses_object_pointer:
             objects = model.object_slots(hidden, ids, encoded.layout, [encoded.resized_hw])

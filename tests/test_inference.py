@@ -36,6 +36,29 @@ def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer,
     assert logits[p - 1 : p - 1 + len(gen)].argmax(-1).tolist()[:2] == gen[:2]
 
 
+def test_the_cached_prompt_prefix_gives_the_full_prefill_answer(micro_model, tokenizer):
+    """The per-image prefix (system message + image tokens) is computed once; decoding from it matches a prefill of
+    the whole prompt, for the first turn and for a later one."""
+    import dataclasses
+
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=6, draft_tokens=0)
+    enc = predictor.encode_image(_image())
+    assert enc.prefix is not None
+    assert enc.prefix.ids.count(predictor.ids.image) == micro_model.config.num_image_tokens
+    assert enc.prefix.hidden.shape[:2] == (1, len(enc.prefix.ids))
+    bare = dataclasses.replace(enc, prefix=None)
+    history = []
+    for question in ("Can you segment the red circle in this image?", "and the blue star?"):
+        prompt = predictor._prompt_ids(history, question)
+        assert tuple(prompt[:len(enc.prefix.ids)]) == enc.prefix.ids
+        cached, full = predictor._generate(enc, prompt), predictor._generate(bare, prompt)
+        assert cached[0] == full[0]
+        for a, b in zip(cached[1], full[1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        _, history = predictor.answer(enc, history, question)
+    assert enc.prefix.cache.get_seq_length() == len(enc.prefix.ids)  # never extended in place
+
+
 def test_no_generation_budget_gives_an_empty_answer(micro_model, tokenizer):
     predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=0)
     predictor.set_image(_image())

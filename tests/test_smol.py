@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ from gsva.modeling.base_weights import (ADDED_ROWS_KEY, own_state_dict, separato
 from gsva.modeling.word_projector import WordProjector
 
 SPEC = BASE_MODELS["smollm2-135m-instruct"]
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def smol_test_config() -> GSVAConfig:
@@ -300,6 +303,41 @@ def test_vision_stage_trains_resumes_and_drops_into_the_model(synth_root, tmp_pa
     state = load_file(str(path))
     key = "mllm.model.vision_tower.embeddings.patch_embedding.weight"
     torch.testing.assert_close(model.state_dict()[key], state[key])
+
+
+def test_crop_stage_trains_only_the_crop_reader_on_the_towers_objects(synth_root, tmp_path):
+    """``crop_objects: predicted`` (stage a2): starts from the committed stage-(a) output, changes the crop reader
+    only, and its objects are the ones the projector itself would read."""
+    from safetensors.torch import load_file
+
+    from gsva.config import ConfigError
+    from gsva.modeling.object_projector import ObjectWordProjector
+    from gsva.vision_pretrain import CROP_READER_PREFIX, VisionRecipe, VisionTrainer, predicted_objects
+
+    init = REPO / "train/stages/gsva-smol/vision.safetensors"
+    recipe = VisionRecipe(data_root=str(synth_root), output_dir=str(tmp_path / "crops"), max_steps=2, batch_size=4,
+                          save_every=2, log_every=1, val_images=4, num_workers=0, warmup_steps=1, tensorboard=False,
+                          precision="fp32", crop_objects="predicted", vision_init=str(init)).validate()
+    trainer = VisionTrainer(recipe)
+    batch = trainer.collate([trainer.dataset("train", augment=False)[i] for i in range(4)])
+    assert len(batch[2]) == 0  # the dataset leaves the objects to the tower
+    pixels, labels, crops, object_labels, extents = trainer._predicted_batch(batch)
+    projector = trainer.net.mllm.model.multi_modal_projector
+    assert isinstance(projector, ObjectWordProjector)
+    with torch.no_grad():
+        out = trainer.net.mllm.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
+        read = projector.read_objects(out.hidden_states[-1][:, 1:])
+    assert 0 < len(crops) <= sum(len(objects) for objects in read) and object_labels.shape == (len(crops), 3) and extents.shape == (len(crops), 2)
+    path = trainer.run()
+    before, after = load_file(str(init)), load_file(str(path))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(CROP_READER_PREFIX) for k in changed), changed
+    with pytest.raises(ConfigError, match="vision_init"):
+        VisionRecipe(data_root=str(synth_root), crop_objects="predicted").validate()
+    with pytest.raises(ConfigError, match="crop_objects"):
+        VisionRecipe(data_root=str(synth_root), crop_objects="boxes").validate()
+    assert predicted_objects(pixels[:1], torch.full_like(labels[:1, :, 0], 6), labels[:1], trainer.config)[0].shape[0] == 0
 
 
 def test_patch_word_loss_weights_object_patches():
