@@ -135,7 +135,7 @@ def main() -> int:
         if len(examples) < 5:
             examples.append({"question": question, "answer": answer.text})
     result = {
-        "model": str(model_dir),
+        "model": str(args.model) if args.model else "default (gsva.inference.default_model_dir)",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "seed": args.seed,
         "scenes": len(ask_times),
