@@ -58,9 +58,23 @@ def test_rela_by_hand():
     assert (r["num_expressions"], r["num_no_target"], r["num_target"]) == (6, 3, 3)
 
 
-def test_rela_reports_no_accuracies_without_no_target_samples():
+def test_rela_reports_zero_accuracies_without_no_target_samples():
+    """ReLA ``ReferEvaluator.evaluate``: ``if empty_count[src] > 0: ... else: res['T_acc'] = res['N_acc'] = 0``."""
     r = _run("rela", [CASES[5]])
-    assert r["N-acc"] is None and r["T-acc"] is None and r["gIoU"] == 1.0
+    assert r["N-acc"] == 0.0 and r["T-acc"] == 0.0 and r["gIoU"] == 1.0 and r["num_no_target"] == 0
+
+
+def test_rela_wrongly_accepted_no_target_adds_the_union_with_a_non_empty_gt():
+    """ReLA's false-negative branch adds ``U`` of ``computeIoU(pred_mask, gt_mask)`` to the cIoU denominator: a record
+    flagged no-target whose GT mask is nevertheless non-empty adds |pred ∪ GT|, not |pred|."""
+    flagged = _s(GT, PRED_2_OF_4, True, False)  # flag says no target, mask file holds GT; I 2, U 5
+    r = _run("rela", [flagged, CASES[5]])
+    assert r["cIoU"] == pytest.approx(4 / (5 + 4))  # the flagged record adds no I (ReLA: accum_I += 0)
+    assert r["gIoU"] == pytest.approx(0.5) and r["N-acc"] == 0.0 and r["T-acc"] == 1.0
+    rejected = _run("rela", [_s(GT, PRED_2_OF_4, True, True), CASES[5]])
+    assert rejected["cIoU"] == pytest.approx(1.0) and rejected["N-acc"] == 1.0
+    table = calibrate([flagged, CASES[5]], thresholds=(0.5,))
+    assert table["recorded"]["cIoU"] == pytest.approx(r["cIoU"])
 
 
 def test_gsva_eval_gres_by_hand():
@@ -158,7 +172,7 @@ def test_calibration_recorded_decisions_and_edge_cases():
     assert table["recorded"]["gIoU"] == pytest.approx(_run("rela", third_token)["gIoU"]) == pytest.approx(0.5)
     assert dict(zip(table["thresholds"], table["gIoU"]))[0.5] == pytest.approx(1.0)
     only_targets = calibrate([_s(GT, GT, False, False, score=0.9)], thresholds=(0.5,))
-    assert only_targets["N-acc"] == [None] and only_targets["T-acc"] == [None]  # as rela reports
+    assert only_targets["N-acc"] == [0.0] and only_targets["T-acc"] == [0.0]  # as rela reports
     with pytest.raises(ValueError, match="thresholds"):
         calibrate(third_token, thresholds=())
     with pytest.raises(ValueError, match="thresholds"):

@@ -23,16 +23,16 @@ __all__ = ["calibrate", "plot_calibration", "DEFAULT_THRESHOLDS"]
 DEFAULT_THRESHOLDS = tuple(round(i / 100, 2) for i in range(101))
 
 
-def _metrics(reject, empty, inter, union, pred_area) -> dict:
-    """ReLA gIoU, cIoU, N-acc, T-acc of one set of decisions (arrays over expressions)."""
+def _metrics(reject, empty, inter, union) -> dict:
+    """ReLA gIoU, cIoU, N-acc, T-acc of one set of decisions (arrays over expressions; see :mod:`.rela`)."""
     target_iou = np.where(reject, 0.0, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0))
     iou = np.where(empty, reject.astype(np.float64), target_iou)
     total_i = np.where(empty | reject, 0.0, inter).sum()
-    total_u = np.where(empty, np.where(reject, 0.0, pred_area), union).sum()
+    total_u = np.where(empty & reject, 0.0, union).sum()
     has_empty = bool(empty.any())
     return {"gIoU": float(iou.mean()), "cIoU": float(total_i / total_u) if total_u else 0.0,
-            "N-acc": float(reject[empty].mean()) if has_empty else None,
-            "T-acc": (float((~reject[~empty]).mean()) if (~empty).any() else 0.0) if has_empty else None}
+            "N-acc": float(reject[empty].mean()) if has_empty else 0.0,
+            "T-acc": (float((~reject[~empty]).mean()) if (~empty).any() else 0.0) if has_empty else 0.0}
 
 
 def calibrate(samples: Iterable[ScoredSample], thresholds: Iterable[float] = DEFAULT_THRESHOLDS) -> dict:
@@ -40,36 +40,35 @@ def calibrate(samples: Iterable[ScoredSample], thresholds: Iterable[float] = DEF
 
     Returns ``{"thresholds": [...], "gIoU": [...], "cIoU": [...], "N-acc": [...], "T-acc": [...],
     "best": {"threshold", "gIoU", "cIoU", "N-acc", "T-acc"}, "recorded": {...}}`` with thresholds ascending; N-acc
-    and T-acc are None when the samples have no no-target expression (as ReLA reports). ``best`` maximises gIoU (the
+    and T-acc are 0 when the samples have no no-target expression (as ReLA reports). ``best`` maximises gIoU (the
     smallest such threshold on ties). Raises ValueError when there are no samples or no thresholds, or a threshold
     is outside [0, 1].
     """
     thresholds = sorted(float(t) for t in thresholds)
     if not thresholds or thresholds[0] < 0 or thresholds[-1] > 1:
         raise ValueError(f"thresholds must be a non-empty list of values in [0, 1], got {thresholds}")
-    empty, score, fixed, inter, union, pred_area = [], [], [], [], [], []
+    empty, score, fixed, inter, union = [], [], [], [], []
     for s in samples:
         empty.append(s.gt_empty)
         score.append(np.nan if s.score is None else s.score)
         fixed.append(s.pred_reject)
         inter.append(int(np.logical_and(s.pred, s.gt).sum()))
         union.append(int(np.logical_or(s.pred, s.gt).sum()))
-        pred_area.append(int(s.pred.sum()))
     if not empty:
         raise ValueError("no predictions to calibrate")
     empty, fixed = np.array(empty), np.array(fixed)
-    score, inter, union, pred_area = (np.array(a, dtype=np.float64) for a in (score, inter, union, pred_area))
+    score, inter, union = (np.array(a, dtype=np.float64) for a in (score, inter, union))
     has_score = ~np.isnan(score)
     table: dict = {"thresholds": [], "gIoU": [], "cIoU": [], "N-acc": [], "T-acc": []}
     for t in thresholds:
         reject = np.where(has_score, np.nan_to_num(score, nan=1.0) < t, fixed)
         table["thresholds"].append(t)
-        for key, value in _metrics(reject, empty, inter, union, pred_area).items():
+        for key, value in _metrics(reject, empty, inter, union).items():
             table[key].append(value)
     k = int(np.argmax(table["gIoU"]))
     table["best"] = {key: table[key][k] for key in ("gIoU", "cIoU", "N-acc", "T-acc")}
     table["best"]["threshold"] = table["thresholds"][k]
-    table["recorded"] = _metrics(fixed, empty, inter, union, pred_area)
+    table["recorded"] = _metrics(fixed, empty, inter, union)
     return table
 
 
