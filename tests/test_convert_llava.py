@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,55 @@ def test_mlp2x_gelu_projector_keys(llava_v1, micro_model, tmp_path):
         ref = torch.nn.functional.gelu(feats @ mlp["model.mm_projector.0.weight"].T + mlp["model.mm_projector.0.bias"])
         ref = ref @ mlp["model.mm_projector.2.weight"].T + mlp["model.mm_projector.2.bias"]
         torch.testing.assert_close(model.image_features(pixels), ref, atol=1e-5, rtol=1e-5)
+
+
+# openai/clip-vit-large-patch14 as older transformers saved it: values equal to the defaults (image_size 224, ...)
+# are left out of the file
+SPARSE_CLIP_L14 = {"vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                                     "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768},
+                   "text_config": {}, "model_type": "clip"}
+LLAVA_V1_7B = {"architectures": ["LlavaLlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 11008,
+               "mm_hidden_size": 1024, "mm_use_im_start_end": True, "mm_vision_select_layer": -2,
+               "mm_vision_tower": "openai/clip-vit-large-patch14", "model_type": "llava", "num_attention_heads": 32,
+               "num_hidden_layers": 32, "tune_mm_mlp_adapter": False, "use_mm_proj": True, "vocab_size": 32003}
+
+
+def test_sparse_config_files_are_read_with_transformers_defaults():
+    from gsva.convert.llava import _configs
+
+    vision, text, im_start_end = _configs(LLAVA_V1_7B, SPARSE_CLIP_L14, Path("llava/config.json"),
+                                          Path("clip/config.json"))
+    assert (vision.image_size, vision.patch_size, vision.hidden_size) == (224, 14, 1024)
+    assert (text.max_position_embeddings, text.rms_norm_eps, text.rope_theta) == (2048, 1e-6, 10000.0)
+    assert text.num_key_value_heads == 32 and im_start_end
+    flat = SPARSE_CLIP_L14["vision_config"]  # a CLIPVisionModel file is the vision config itself
+    assert _configs(LLAVA_V1_7B, flat, Path("l"), Path("c"))[0] == vision
+
+
+def test_config_errors_name_the_file_at_fault():
+    from gsva.convert.llava import _configs
+
+    bad_clip = {"vision_config": {"hidden_size": 30, "num_attention_heads": 4}}
+    with pytest.raises(CheckpointError, match=r"^clip/config.json: not a CLIP vision config") as err:
+        _configs(LLAVA_V1_7B, bad_clip, Path("llava/config.json"), Path("clip/config.json"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"^llava/config.json: mm_hidden_size 1024 .*clip/config.json"):
+        _configs(LLAVA_V1_7B, {"hidden_size": 768}, Path("llava/config.json"), Path("clip/config.json"))
+    with pytest.raises(CheckpointError, match=r"^llava/config.json: not a LLaMA config"):
+        _configs({**LLAVA_V1_7B, "hidden_size": 4097}, SPARSE_CLIP_L14, Path("llava/config.json"),
+                 Path("clip/config.json"))
+
+
+def test_conversion_of_a_sparse_clip_folder(llava_v1, tmp_path):
+    """The CLIP folder's config.json rewritten as transformers' ``to_diff_dict`` writes it (defaults left out)."""
+    from transformers import CLIPVisionConfig
+
+    src, clip_dir, *_ = llava_v1
+    cfg = json.loads((clip_dir / "config.json").read_text())
+    vision = cfg.get("vision_config", cfg)
+    defaults = CLIPVisionConfig().to_dict()
+    sparse = {k: v for k, v in vision.items() if k not in defaults or defaults[k] != v}
+    assert len(sparse) < len(vision)
+    (clip_dir / "config.json").write_text(json.dumps({"vision_config": sparse} if "vision_config" in cfg else sparse))
+    summary = convert_llava_v1(src, clip_dir, tmp_path / "base")
+    assert summary["vision"].image_size == 32

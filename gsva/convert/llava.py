@@ -84,34 +84,89 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: cannot read JSON ({exc})") from None
 
 
-def _configs(src_cfg: dict, clip_cfg: dict, src: Path) -> tuple[VisionConfig, TextConfig, bool]:
-    vision = clip_cfg.get("vision_config", clip_cfg)  # CLIPModel nests it; CLIPVisionModel does not
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What transformers' config classes raise for bad values (validated dataclasses in transformers 5)."""
     try:
-        projector = src_cfg.get("mm_projector_type", "linear")
-        if projector not in ("linear", "mlp2x_gelu"):
-            raise CheckpointError(f"{src}: mm_projector_type {projector!r} is not supported (linear, mlp2x_gelu)")
-        v = VisionConfig(hidden_size=int(vision["hidden_size"]), intermediate_size=int(vision["intermediate_size"]),
-                         num_hidden_layers=int(vision["num_hidden_layers"]),
-                         num_attention_heads=int(vision["num_attention_heads"]),
-                         image_size=int(vision["image_size"]), patch_size=int(vision["patch_size"]),
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub
+        return (TypeError, ValueError)
+    return (TypeError, ValueError, StrictDataclassError)
+
+
+_CONFIG_ERRORS = _config_errors()
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _vision_config(clip_cfg: dict, clip_path: Path):
+    """transformers' ``CLIPVisionConfig`` of a CLIP folder's ``config.json`` (a ``CLIPModel`` file nests it under
+    ``vision_config``, a ``CLIPVisionModel`` file is it). Older transformers wrote only the values that differ from
+    the defaults (e.g. no ``image_size`` for 224), so the file is read through the config class, which fills them
+    in exactly as transformers itself loads that file. Raises :class:`CheckpointError` naming ``clip_path``."""
+    from transformers import CLIPVisionConfig
+
+    vision = clip_cfg.get("vision_config", clip_cfg)
+    if not isinstance(vision, dict):
+        raise CheckpointError(f"{clip_path}: vision_config is not a mapping")
+    vision = {k: v for k, v in vision.items() if k not in ("model_type", "transformers_version", "architectures")}
+    try:
+        return CLIPVisionConfig(**vision)
+    except _CONFIG_ERRORS as exc:
+        raise CheckpointError(f"{clip_path}: not a CLIP vision config ({_one_line(exc)})") from None
+
+
+def _text_config(src_cfg: dict, src_path: Path):
+    """transformers' ``LlamaConfig`` of a LLaVA-v1 ``config.json`` (its LLaMA fields; defaults filled in as
+    transformers fills them). Raises :class:`CheckpointError` naming ``src_path``."""
+    from transformers import LlamaConfig
+
+    fields = {k: v for k, v in src_cfg.items() if not k.startswith("mm_") and k not in
+              ("model_type", "transformers_version", "architectures", "auto_map")}
+    try:
+        return LlamaConfig(**fields)
+    except _CONFIG_ERRORS as exc:
+        raise CheckpointError(f"{src_path}: not a LLaMA config ({_one_line(exc)})") from None
+
+
+def _configs(src_cfg: dict, clip_cfg: dict, src_path: Path, clip_path: Path) -> tuple[VisionConfig, TextConfig, bool]:
+    """Our vision/text configs from a LLaVA-v1 ``config.json`` (``src_path``) and its CLIP ``config.json``
+    (``clip_path``); errors name the file at fault."""
+    projector = src_cfg.get("mm_projector_type", "linear")
+    if projector not in ("linear", "mlp2x_gelu"):
+        raise CheckpointError(f"{src_path}: mm_projector_type {projector!r} is not supported (linear, mlp2x_gelu)")
+    clip, llama = _vision_config(clip_cfg, clip_path), _text_config(src_cfg, src_path)
+    try:
+        v = VisionConfig(hidden_size=int(clip.hidden_size), intermediate_size=int(clip.intermediate_size),
+                         num_hidden_layers=int(clip.num_hidden_layers),
+                         num_attention_heads=int(clip.num_attention_heads),
+                         image_size=int(clip.image_size), patch_size=int(clip.patch_size),
                          feature_layer=int(src_cfg.get("mm_vision_select_layer", -2)), projector_type=projector,
                          preprocess="center_crop")
-        heads = int(src_cfg["num_attention_heads"])
-        t = TextConfig(hidden_size=int(src_cfg["hidden_size"]), intermediate_size=int(src_cfg["intermediate_size"]),
-                       num_hidden_layers=int(src_cfg["num_hidden_layers"]), num_attention_heads=heads,
-                       num_key_value_heads=int(src_cfg.get("num_key_value_heads") or heads),
-                       vocab_size=int(src_cfg["vocab_size"]),
-                       max_position_embeddings=int(src_cfg.get("max_position_embeddings", 2048)),
-                       rms_norm_eps=float(src_cfg.get("rms_norm_eps", 1e-6)),
-                       rope_theta=float(src_cfg.get("rope_theta", 10000.0)))
-    except KeyError as exc:
-        raise CheckpointError(f"{src}: config lacks {exc.args[0]}") from None
+        v.validate()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{clip_path}: {exc}") from None
+    try:
+        t = TextConfig(hidden_size=int(llama.hidden_size), intermediate_size=int(llama.intermediate_size),
+                       num_hidden_layers=int(llama.num_hidden_layers),
+                       num_attention_heads=int(llama.num_attention_heads),
+                       num_key_value_heads=int(llama.num_key_value_heads or llama.num_attention_heads),
+                       vocab_size=int(llama.vocab_size), max_position_embeddings=int(llama.max_position_embeddings),
+                       rms_norm_eps=float(llama.rms_norm_eps), rope_theta=float(_rope_theta(llama)))
+        t.validate()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{src_path}: {exc}") from None
     if "mm_hidden_size" in src_cfg and int(src_cfg["mm_hidden_size"]) != v.hidden_size:
-        raise CheckpointError(f"{src}: mm_hidden_size {src_cfg['mm_hidden_size']} differs from the vision tower's "
-                              f"width {v.hidden_size}: wrong --vision-tower?")
-    v.validate()
-    t.validate()
+        raise CheckpointError(f"{src_path}: mm_hidden_size {src_cfg['mm_hidden_size']} differs from the vision "
+                              f"tower's width {v.hidden_size} ({clip_path}): wrong --vision-tower?")
     return v, t, bool(src_cfg.get("mm_use_im_start_end", True))
+
+
+def _rope_theta(llama) -> float:
+    """RoPE base of a ``LlamaConfig``: transformers 5 keeps it in ``rope_parameters``, older ones in ``rope_theta``."""
+    params = getattr(llama, "rope_parameters", None) or {}
+    return params.get("rope_theta", getattr(llama, "rope_theta", 10000.0))
 
 
 def llava_v1_key_map(llava_keys, clip_keys, projector: str) -> tuple[dict[str, tuple[str, str]], list[str]]:
@@ -161,7 +216,7 @@ def convert_llava_v1(src: str | Path, vision_tower: str | Path, out: str | Path)
 
     src, vision_tower, out = Path(src), Path(vision_tower), Path(out)
     src_cfg, clip_cfg = _read_json(src / "config.json"), _read_json(vision_tower / "config.json")
-    vision, text, im_start_end = _configs(src_cfg, clip_cfg, src)
+    vision, text, im_start_end = _configs(src_cfg, clip_cfg, src / "config.json", vision_tower / "config.json")
     llava_state, clip_state = read_weights(src), read_weights(vision_tower)
     mapping, dropped = llava_v1_key_map(llava_state, clip_state, vision.projector_type)
     try:
