@@ -40,6 +40,7 @@ from .data.grefcoco import GRefCOCO
 from .data.refer import default_image_dir
 from .data.gres_dataset import GRESConversationDataset, worker_init_fn
 from .data.mixture import PAPER_FAMILY_WEIGHTS, FullPassDataset, MixtureDataset
+from .devices import autocast_for, check_device_name, resolve_device
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens
 from .trainable import set_trainable
@@ -83,6 +84,9 @@ class TrainRecipe:
     ``data_root``) are evaluated with ``val_protocol`` (:mod:`gsva.evaluation`); the
     checkpoint with the highest ``best_metric`` ("<scorer>.<metric>", e.g. "rela.gIoU") is kept in
     ``checkpoints/best`` besides the last ``keep_last`` step checkpoints.
+    ``device``: where plain-PyTorch training runs — "auto" (the first CUDA device if torch sees one, else the CPU),
+    "cpu", "cuda" or "cuda:N" (:mod:`gsva.devices`); ``precision: bf16`` autocasts for that device's type. Under
+    DeepSpeed the engine places the model itself.
     ``gradient_checkpointing``: recompute the LLM's layer activations in the backward pass instead of storing them
     (less memory, about a third more compute; transformers' ``gradient_checkpointing_enable``).
     Logging: ``tensorboard`` writes losses, learning rate and validation metrics to ``<output_dir>/tensorboard``;
@@ -122,6 +126,7 @@ class TrainRecipe:
     grad_clip: float = 1.0
     num_workers: int = 1
     precision: str = "fp32"
+    device: str = "auto"
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
@@ -141,6 +146,7 @@ class TrainRecipe:
     def validate(self) -> "TrainRecipe":
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("precision must be 'fp32' or 'bf16'")
+        check_device_name(self.device)
         for name in ("max_steps", "batch_size", "grad_accum", "max_targets", "save_every", "log_every",
                      "max_bad_steps"):
             if getattr(self, name) < 1:
@@ -371,6 +377,9 @@ class Trainer:
                 and not recipe.init_from else ()
             self.model, self.tokenizer = build_model_and_tokenizer(recipe, self.gref, texts)
         self.model.train()
+        if not use_deepspeed:  # DeepSpeed puts the model on its accelerator in deepspeed.initialize
+            self.model.to(resolve_device(recipe.device))
+        logger.info("training on %s", self.model.device)
         if recipe.gradient_checkpointing:
             self.model.mllm.model.language_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -400,7 +409,7 @@ class Trainer:
         offset = 0 if restored or ds_restores or resume is None else self.start_step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s + offset, recipe))
         if restored:
-            state = torch.load(resume / "optimizer.pt", weights_only=True)
+            state = torch.load(resume / "optimizer.pt", weights_only=True, map_location="cpu")
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         elif resume is not None and not use_deepspeed:
@@ -487,8 +496,8 @@ class Trainer:
         r = self.recipe
         # a resumed run continues the data order where it stopped
         batches = self._batches(skip=self.start_step * r.grad_accum)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if (r.precision == "bf16" and not self.use_deepspeed) \
-            else contextlib.nullcontext()
+        # DeepSpeed runs bf16 itself (its "bf16" config section)
+        autocast = contextlib.nullcontext() if self.use_deepspeed else autocast_for(self.model.device, r.precision)
         bad_in_a_row = 0
         for step in range(self.start_step, r.max_steps):
             sums = np.zeros(6)

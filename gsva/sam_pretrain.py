@@ -223,7 +223,8 @@ class SamTrainer(StageTrainer):
             ious = []
             for start in range(0, min(len(data), self.recipe.val_images), 16):
                 stop = min(start + 16, self.recipe.val_images, len(data))
-                pixels, masks, prompts, is_box, index = _collate([data[i] for i in range(start, stop)])
+                pixels, masks, prompts, is_box, index = self.batch_to_device(
+                    _collate([data[i] for i in range(start, stop)]))
                 if len(masks):
                     ious.append(mask_iou(self.net(pixels, prompts, is_box, index), masks))
             out[f"{kind}_miou"] = float(torch.cat(ious).mean()) if ious else 0.0

@@ -9,7 +9,6 @@ what the network, the data, the loss, the validation and the output are.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+from .devices import autocast_for, resolve_device, to_device
 
 __all__ = ["StageRecipe", "StageTrainer", "load_stage_weights"]
 
@@ -30,7 +31,9 @@ class StageRecipe:
     """The fields every stage recipe has (YAML; unknown keys are errors); a stage's recipe subclasses it and may
     change the defaults. ``torch_threads`` 0: torch's default. ``precision``: "bf16" runs the forward pass under
     CPU bf16 autocast, "fp32" without (CPUs without AVX512-BF16 emulate bf16 matmuls slowly: gsva-smol's stage (d)
-    measured 188 s/step bf16 vs 7.2 s fp32 on an AVX2 EPYC)."""
+    measured 188 s/step bf16 vs 7.2 s fp32 on an AVX2 EPYC); on a GPU bf16 autocast is the fast choice.
+    ``device``: "auto" (the first CUDA device if torch sees one, else the CPU), "cpu", "cuda" or "cuda:N"
+    (:mod:`gsva.devices`)."""
 
     model: str = "gsva-smol"
     data_root: str = "data/synth"
@@ -50,16 +53,19 @@ class StageRecipe:
     torch_threads: int = 0
     tensorboard: bool = True
     precision: str = "bf16"
+    device: str = "auto"
 
     def validate(self):
         """Check the shared fields; return ``self``. Raises :class:`gsva.config.ConfigError`."""
         from .config import ConfigError, get_named_config
+        from .devices import check_device_name
 
         for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_device_name(self.device)
         get_named_config(self.model)
         return self
 
@@ -109,7 +115,7 @@ class StageTrainer:
         from safetensors.torch import save_file
 
         path = self.out / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata={"gsva_config": self.recipe.model, "stage": name})
         (self.out / f"{name}.json").write_text(json.dumps({"model": self.recipe.model, "steps": self.step,
                                                            "val": metrics}, indent=2) + "\n")
@@ -117,6 +123,9 @@ class StageTrainer:
 
     def _setup(self, recipe, params: list[nn.Parameter]) -> None:
         self.recipe = recipe
+        self.device = resolve_device(recipe.device)
+        self.net.to(self.device)  # in place: ``params`` stay the module's parameters
+        logger.info("%s trains on %s", self.stage, self.device)
         self.out = Path(recipe.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -126,7 +135,7 @@ class StageTrainer:
         self.step = 0
         state_path = self.out / "state.pt"
         if state_path.is_file():
-            state = torch.load(state_path, weights_only=True)
+            state = torch.load(state_path, weights_only=True, map_location="cpu")
             self.net.load_state_dict(state["model"], strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -134,10 +143,12 @@ class StageTrainer:
             logger.info("resuming %s from step %d", self.stage, self.step)
 
     def autocast(self):
-        """The forward pass's precision context (``recipe.precision``)."""
-        if self.recipe.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The forward pass's precision context (``recipe.precision``, for the device's type)."""
+        return autocast_for(self.device, self.recipe.precision)
+
+    def batch_to_device(self, batch):
+        """A collated batch (tensors, possibly in tuples/lists) on the stage's device."""
+        return to_device(batch, self.device)
 
     # -- what a stage defines ------------------------------------------------------------------------------------
     def dataset(self, split: str, augment: bool) -> torch.utils.data.Dataset:
@@ -182,7 +193,7 @@ class StageTrainer:
             for batch in loader:
                 if self.step >= r.max_steps:
                     break
-                loss = self.loss(batch)
+                loss = self.loss(self.batch_to_device(batch))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)

@@ -209,8 +209,9 @@ def predicted_objects(pixels: torch.Tensor, keys: torch.Tensor, labels: torch.Te
             extents.append(e)
             object_labels.append(torch.stack([lab for _, lab in named]))
     if not crops:
-        return (pixels.new_zeros((0, 3, CROP_SIZE, CROP_SIZE)), torch.zeros((0, len(v.word_groups)), dtype=torch.long),
-                torch.zeros((0, 2)))
+        return (pixels.new_zeros((0, 3, CROP_SIZE, CROP_SIZE)),
+                torch.zeros((0, len(v.word_groups)), dtype=torch.long, device=pixels.device),
+                torch.zeros((0, 2), device=pixels.device))
     return torch.cat(crops), torch.cat(object_labels), torch.cat(extents)
 
 
@@ -346,7 +347,7 @@ class VisionTrainer(StageTrainer):
         hits, counts = np.zeros((groups, 3)), np.zeros((groups, 3))
         exact = objects = 0
         for start in range(0, len(idx), 32):
-            batch = _collate([data[i] for i in idx[start:start + 32]])
+            batch = self.batch_to_device(_collate([data[i] for i in idx[start:start + 32]]))
             pixels, labels, crops, object_labels, extents = self._predicted_batch(batch) if self.predicted else batch
             for g, logits in enumerate(self.net(pixels)):
                 pred, lab = logits.argmax(-1), labels[..., g]
@@ -356,7 +357,7 @@ class VisionTrainer(StageTrainer):
             if self.net.reads_crops and len(crops):
                 right = torch.stack([lg[:, :-1].argmax(-1) == object_labels[:, g]
                                      for g, lg in enumerate(self.net.crop_logits(crops, extents))], dim=1)
-                hits[:, 2] += right.sum(0).numpy()
+                hits[:, 2] += right.sum(0).cpu().numpy()
                 counts[:, 2] += len(crops)
                 exact += int(right.all(1).sum())
                 objects += len(crops)

@@ -106,8 +106,8 @@ def object_crops(pixels: torch.Tensor, objects: list[list[int]], side: int) -> t
         crops.append(F.interpolate(crop, (CROP_SIZE, CROP_SIZE), mode="bilinear", align_corners=False)[0])
         extents.append(((c1 - c0) / side, (r1 - r0) / side))
     if not crops:
-        return pixels.new_zeros((0, 3, CROP_SIZE, CROP_SIZE)), torch.zeros((0, 2))
-    return torch.stack(crops).to(pixels.dtype), torch.tensor(extents, dtype=torch.float32)
+        return pixels.new_zeros((0, 3, CROP_SIZE, CROP_SIZE)), torch.zeros((0, 2), device=pixels.device)
+    return torch.stack(crops).to(pixels.dtype), torch.tensor(extents, dtype=torch.float32, device=pixels.device)
 
 
 class CropWordReader(nn.Module):
