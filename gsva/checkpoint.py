@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, GSVAConfig
+from .legacy_tokenization import SENTENCEPIECE_FILE, LegacyTokenizerError, legacy_sentencepiece_of, prepare_tokenizer
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens, control_token_ids
 
@@ -96,6 +97,9 @@ def save_model(model: GSVAModel, tokenizer, out_dir: str | Path, max_shard_bytes
                                                      indent=1) + "\n")
         if not based:  # a based model's tokenizer is the base's plus the control tokens, rebuilt at load time
             tokenizer.save_pretrained(str(tmp))
+            legacy = legacy_sentencepiece_of(tokenizer)
+            if legacy is not None:  # the exact file the prompts are encoded with (text.tokenization)
+                shutil.copyfile(legacy.path, tmp / SENTENCEPIECE_FILE)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes the directory private; give it the usual permissions
@@ -154,6 +158,10 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
         model.to(device=device, dtype=dtype).eval()
         return model, tokenizer
     tokenizer = load_tokenizer(model_dir)
+    try:
+        prepare_tokenizer(tokenizer, config.text.tokenization, model_dir)
+    except LegacyTokenizerError as exc:
+        raise CheckpointError(str(exc)) from None
     state, source = load_weights(model_dir)
     model = GSVAModel(config, add_control_tokens(tokenizer), len(tokenizer))
     check_state_dict(model, state, source)

@@ -136,6 +136,9 @@ class TextConfig:
     ``base``: a pretrained model of :data:`gsva.base_models.BASE_MODELS` whose weights and tokenizer are loaded at
     build time (its first ``num_hidden_layers`` layers); None = random initialisation (or weights from a full
     checkpoint). ``tie_word_embeddings``: ``lm_head`` shares the input embedding matrix (SmolLM2, not LLaMA-1/2).
+    ``tokenization``: "hf" (the HF tokenizer encodes each text piece) or "legacy_sentencepiece" (the LLaMA
+    ``tokenizer.model`` encodes text as transformers <= 4.44's slow ``LlamaTokenizer`` did for the released
+    GSVA/LISA/LLaVA-v1 weights, :mod:`gsva.legacy_tokenization`; the checkpoint then carries that file).
     """
 
     hidden_size: int = 4096
@@ -149,8 +152,13 @@ class TextConfig:
     rope_theta: float = 10000.0
     base: str | None = None
     tie_word_embeddings: bool = False
+    tokenization: str = "hf"
 
     def validate(self) -> None:
+        from .legacy_tokenization import TOKENIZATIONS
+
+        if self.tokenization not in TOKENIZATIONS:
+            raise ConfigError(f"text.tokenization must be one of {', '.join(TOKENIZATIONS)}, got {self.tokenization!r}")
         if self.base is not None:
             from .base_models import BASE_MODELS
 
@@ -435,13 +443,14 @@ def _smol() -> GSVAConfig:
 
 
 def _vicuna7b() -> GSVAConfig:
-    return GSVAConfig(name="gsva-vicuna-7b", lora=LoraSettings(rank=8))
+    return GSVAConfig(name="gsva-vicuna-7b", text=TextConfig(tokenization="legacy_sentencepiece"),
+                      lora=LoraSettings(rank=8))
 
 
 def _llama13b(name: str) -> GSVAConfig:
     text = TextConfig(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
                       num_key_value_heads=40, max_position_embeddings=4096 if "llama2" in name else 2048,
-                      rms_norm_eps=1e-5 if "llama2" in name else 1e-6)
+                      rms_norm_eps=1e-5 if "llama2" in name else 1e-6, tokenization="legacy_sentencepiece")
     return GSVAConfig(name=name, text=text, lora=LoraSettings(rank=64))
 
 

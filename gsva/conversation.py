@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from .constants import IGNORE_INDEX, IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, REJ_TOKEN, SEG_TOKEN
+from .legacy_tokenization import legacy_sentencepiece_of
 from .tokens import ControlTokenIds, encode_text
 
 __all__ = [
@@ -202,12 +203,28 @@ def tokenize_pieces(pieces: list[Piece], tokenizer, ids: ControlTokenIds, num_im
     The image control expands to ``num_image_tokens`` (T) copies of the image id, so hidden states align 1:1 with
     ``input_ids`` (no "+255" offset). Labels equal ``input_ids`` on ``train`` pieces and ``IGNORE_INDEX`` elsewhere.
     Raises :class:`PromptTooLongError` if L > ``max_length``.
+
+    With a legacy sentencepiece model attached to ``tokenizer`` (the released LLaMA/Vicuna weights,
+    :mod:`gsva.legacy_tokenization`), each maximal run of adjacent text pieces is encoded as the one chunk it forms
+    in the official prompt string, so the ids equal those of the official pipeline; a token's label follows the
+    piece its first byte lies in.
     """
     control_ids = {SEG_TOKEN: ids.seg, REJ_TOKEN: ids.rej, IM_START_TOKEN: ids.im_start, IM_END_TOKEN: ids.im_end,
                    "<bos>": ids.bos, "<eos>": ids.eos}
+    legacy = legacy_sentencepiece_of(tokenizer)
+    if legacy is not None:
+        pieces = _merge_text_runs(pieces)
     input_ids: list[int] = []
     labels: list[int] = []
     for piece in pieces:
+        if isinstance(piece, _TextRun):
+            new, train = legacy.encode_runs(piece.texts, piece.train)
+            input_ids.extend(new)
+            labels.extend(i if t else IGNORE_INDEX for i, t in zip(new, train))
+            if max_length is not None and len(input_ids) > max_length:
+                raise PromptTooLongError(
+                    f"the conversation needs more than {max_length} tokens (the model's limit); shorten the question")
+            continue
         if piece.control == IMAGE_TOKEN:
             new = [ids.image] * num_image_tokens
         elif piece.control is not None:
@@ -222,6 +239,28 @@ def tokenize_pieces(pieces: list[Piece], tokenizer, ids: ControlTokenIds, num_im
             raise PromptTooLongError(
                 f"the conversation needs more than {max_length} tokens (the model's limit); shorten the question")
     return input_ids, labels
+
+
+@dataclass(frozen=True)
+class _TextRun:
+    """Adjacent text pieces, encoded together (legacy sentencepiece tokenization)."""
+
+    texts: list[str]
+    train: list[bool]
+
+
+def _merge_text_runs(pieces: list[Piece]) -> list:
+    out: list = []
+    for piece in pieces:
+        if piece.control is None and piece.ids is None:
+            if out and isinstance(out[-1], _TextRun):
+                out[-1].texts.append(piece.text)
+                out[-1].train.append(piece.train)
+            else:
+                out.append(_TextRun([piece.text], [piece.train]))
+        else:
+            out.append(piece)
+    return out
 
 
 _QUESTION_FORMS = [re.compile("^" + re.escape(t).replace(re.escape("{X}"), "(.+?)") + "$", re.IGNORECASE)

@@ -40,6 +40,7 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from .convert.llava import LLAVA_BASE_CONFIG, load_llava_base
+    from .legacy_tokenization import LegacyTokenizerError, prepare_tokenizer
     from .convert.sam import load_sam
 
     llava_dir, sam_checkpoint = Path(llava_dir), Path(sam_checkpoint)
@@ -50,6 +51,11 @@ def build_from_components(config: GSVAConfig, llava_dir: str | Path, sam_checkpo
         tokenizer = AutoTokenizer.from_pretrained(str(llava_dir), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - tokenizer loaders raise many types
         raise CheckpointError(f"{llava_dir}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
+    try:
+        prepare_tokenizer(tokenizer, config.text.tokenization, llava_dir)
+    except LegacyTokenizerError as exc:
+        raise CheckpointError(f"{exc} (config {config.name} has text.tokenization: {config.text.tokenization})") \
+            from None
     if (llava_dir / LLAVA_BASE_CONFIG).is_file():  # converted by `gsva convert llava`
         llava, vision, text, _ = load_llava_base(llava_dir, dtype)
         projector = vision.projector_type

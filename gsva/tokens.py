@@ -78,5 +78,13 @@ def control_token_ids(tokenizer) -> ControlTokenIds:
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
-    """Encode plain text to ids without BOS/EOS; control-token strings inside ``text`` stay ordinary characters."""
+    """Encode plain text to ids without BOS/EOS; control-token strings inside ``text`` stay ordinary characters.
+
+    A tokenizer with a legacy sentencepiece model attached (:mod:`gsva.legacy_tokenization`) encodes ``text`` as one
+    chunk of the official LLaMA tokenization (dummy ``▁`` prefix included)."""
+    from .legacy_tokenization import legacy_sentencepiece_of
+
+    legacy = legacy_sentencepiece_of(tokenizer)
+    if legacy is not None:
+        return legacy.encode(text)
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)

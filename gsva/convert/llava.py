@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import CheckpointError, load_pickled_state_dict
 from ..config import TextConfig, VisionConfig
+from ..legacy_tokenization import SENTENCEPIECE_FILE
 
 __all__ = ["LLAVA_BASE_CONFIG", "read_weights", "convert_llava_v1", "load_llava_base", "llava_v1_key_map"]
 
@@ -242,6 +244,8 @@ def convert_llava_v1(src: str | Path, vision_tower: str | Path, out: str | Path)
             "dropped_keys": dropped}
     (out / LLAVA_BASE_CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
     tokenizer.save_pretrained(str(out))
+    if (src / SENTENCEPIECE_FILE).is_file():  # the exact file, for text.tokenization: legacy_sentencepiece
+        shutil.copyfile(src / SENTENCEPIECE_FILE, out / SENTENCEPIECE_FILE)
     logger.info("converted %d tensors, dropped %d", len(state), len(dropped))
     return {"tensors": len(state), "dropped": dropped, "vision": vision, "text": text}
 
