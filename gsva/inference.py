@@ -132,6 +132,7 @@ class GSVAPredictor:
         self.mask_threshold = mask_threshold
         self.history: list[Turn] = []
         self.encoded: EncodedImage | None = None
+        self._text_prefix_cache: PromptPrefix | None = None
         banned = {self.ids.image, self.ids.im_start, self.ids.im_end, self.ids.bos}
         if self.ids.pad != self.ids.eos:
             banned.add(self.ids.pad)
@@ -220,10 +221,30 @@ class GSVAPredictor:
         ids = a[:k]
         if ids.count(self.ids.image) != self.model.config.num_image_tokens:
             return None
-        row = torch.tensor([ids], device=self.model.device)
-        hidden, cache = self.model.language_forward(self.model.embed_inputs(row, features), None, DynamicCache(),
+        # the text before the image (system message, user tag) is the same for every image: computed once
+        lead = next(i for i, t in enumerate(ids) if t in (self.ids.image, self.ids.im_start))
+        text = self._text_prefix(tuple(ids[:lead]))
+        row = torch.tensor([ids[lead:]], device=self.model.device)
+        cache = copy.deepcopy(text.cache) if text is not None else DynamicCache()
+        hidden, cache = self.model.language_forward(self.model.embed_inputs(row, features), None, cache,
                                                     use_cache=True)
+        if text is not None:
+            hidden = torch.cat([text.hidden, hidden], dim=1)
         return PromptPrefix(ids=tuple(ids), hidden=hidden, cache=cache)
+
+    def _text_prefix(self, ids: tuple[int, ...]) -> PromptPrefix | None:
+        """The language model's pass over the prompt's text before the image, computed on first use and kept (the
+        predictor's model must not change under it); None when there is no such text."""
+        from transformers import DynamicCache
+
+        if not ids:
+            return None
+        if self._text_prefix_cache is None or self._text_prefix_cache.ids != ids:
+            row = torch.tensor([ids], device=self.model.device)
+            hidden, cache = self.model.language_forward(self.model.mllm.get_input_embeddings()(row), None,
+                                                        DynamicCache(), use_cache=True)
+            self._text_prefix_cache = PromptPrefix(ids=ids, hidden=hidden, cache=cache)
+        return self._text_prefix_cache
 
     @torch.inference_mode()
     def answer(self, encoded: EncodedImage, history: list[Turn], question: str, decode_rejected: bool = False,
