@@ -3,6 +3,10 @@
 The held-out scenes come from seed 2024 (the shipped model was trained on seed 0). The scene and the asked targets
 are chosen from the scene's structure alone (the first scene with two large objects of unique colour+shape and an
 absent colour+shape), never from the model's output.
+
+The model is loaded once per module (:func:`smol`) for the behaviour tests; one test runs the whole ``gsva predict``
+command (its ``result.json``, mask PNGs and overlay), and the exit-2 checks use the command with inputs that fail
+before the model loads, or with the small shipped gsva-tiny where the question itself is what fails.
 """
 
 import json
@@ -15,7 +19,7 @@ import pytest
 from PIL import Image
 
 from gsva.data.synth import COLORS, SHAPES, make_scene
-from gsva.inference import default_model_dir
+from gsva.inference import GSVAPredictor, QuestionError, default_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 2024
@@ -26,11 +30,16 @@ def run_predict(*args, cwd=None):
                           text=True, timeout=300, cwd=cwd or REPO)
 
 
-def predict_result(tmp_path, image, query) -> dict:
-    """``gsva predict`` on one image and question; its ``result.json`` (the run must succeed)."""
-    proc = run_predict("--image", image, "--query", query, "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads((tmp_path / "out" / "result.json").read_text())
+@pytest.fixture(scope="module")
+def smol() -> GSVAPredictor:
+    """The shipped default, loaded as ``gsva predict`` loads it (fp32, LoRA merged, 8 drafts per pass)."""
+    return GSVAPredictor.from_pretrained(None)
+
+
+def ask(predictor: GSVAPredictor, image, question: str):
+    """A fresh conversation about ``image`` and one question; the :class:`gsva.inference.Answer`."""
+    predictor.set_image(image)
+    return predictor.ask(question)
 
 
 def lion_photo() -> Path:
@@ -69,20 +78,15 @@ def test_shipped_model_is_within_budget():
 
 
 @pytest.mark.slow
-def test_present_and_absent_target_on_a_held_out_scene(tmp_path):
-    """The issue's check: IoU >= 0.5 on a present target and [REJ] on an absent one, through ``gsva predict``."""
+def test_present_and_absent_target_on_a_held_out_scene(smol):
+    """The issue's check: IoU >= 0.5 on a present target and [REJ] on an absent one."""
     scene, present, absent, picks = held_out_case()
-    Image.fromarray(scene.image).save(tmp_path / "scene.png")
-    proc = run_predict("--image", tmp_path / "scene.png", "--query",
-                       f"Can you segment {present[0]}, {absent} in this image?", "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert [t["phrase"] for t in result["targets"]] == [present[0], absent], result
-    seg, rej = result["targets"]
-    assert rej["status"] == "rej" and rej["mask"] is None
-    assert seg["status"] == "seg"
-    mask = np.asarray(Image.open(tmp_path / "out" / seg["mask"])) > 127
-    assert iou(mask, scene.objects[picks[0]].visible.astype(bool)) >= 0.5
+    answer = ask(smol, scene.image, f"Can you segment {present[0]}, {absent} in this image?")
+    assert [t.phrase for t in answer.targets] == [present[0], absent], answer
+    seg, rej = answer.targets
+    assert rej.status == "rej" and rej.mask is None
+    assert seg.status == "seg" and seg.mask.shape == scene.image.shape[:2]
+    assert iou(seg.mask, scene.objects[picks[0]].visible.astype(bool)) >= 0.5
 
 
 @pytest.mark.slow
@@ -106,39 +110,40 @@ def test_three_targets_on_a_held_out_scene(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_photograph_gets_an_answer(tmp_path):
+def test_real_photograph_gets_an_answer(smol):
     photo = lion_photo()
-    result = predict_result(tmp_path, photo, "Can you segment the lion and the red car in this image?")
-    assert isinstance(result["answer"], str) and result["answer"]
-    for t in result["targets"]:
-        assert t["status"] in ("seg", "rej") and 0.0 <= t["score"] <= 1.0
-        if t["mask"]:
-            assert Image.open(tmp_path / "out" / t["mask"]).size == Image.open(photo).size
+    answer = ask(smol, photo, "Can you segment the lion and the red car in this image?")
+    assert isinstance(answer.text, str) and answer.text
+    for t in answer.targets:
+        assert t.status in ("seg", "rej") and 0.0 <= t.score <= 1.0
+        if t.mask is not None:
+            assert t.mask.shape[::-1] == Image.open(photo).size
 
 
 @pytest.mark.slow
-def test_a_photograph_answer_names_what_was_asked(tmp_path):
-    result = predict_result(tmp_path, lion_photo(), "What are the lion, the red car in this image?")
-    assert [t["phrase"] for t in result["targets"]] == ["the lion", "the red car"], result
+def test_a_photograph_answer_names_what_was_asked(smol):
+    answer = ask(smol, lion_photo(), "What are the lion, the red car in this image?")
+    assert [t.phrase for t in answer.targets] == ["the lion", "the red car"], answer
 
 
 @pytest.mark.slow
-def test_a_question_without_targets_is_answered_in_words(tmp_path):
+def test_a_question_without_targets_is_answered_in_words(smol):
     scene, _, _, _ = held_out_case()
-    Image.fromarray(scene.image).save(tmp_path / "scene.png")
-    result = predict_result(tmp_path, tmp_path / "scene.png", "What colour is the large shape?")
-    assert result["targets"] == [], result
-    assert len(result["answer"].split()) >= 2 and "[SEG]" not in result["answer"], result
+    answer = ask(smol, scene.image, "What colour is the large shape?")
+    assert answer.targets == [], answer
+    assert len(answer.text.split()) >= 2 and "[SEG]" not in answer.text, answer
 
 
 @pytest.mark.slow
-def test_control_strings_in_the_query_are_plain_text(tmp_path):
+def test_control_strings_in_the_query_are_plain_text(smol):
+    """User text spelling ``[SEG]``, ``<image>`` or ``[REJ]`` is tokenised as words, never as control tokens."""
     scene, present, _absent, _ = held_out_case()
-    Image.fromarray(scene.image).save(tmp_path / "scene.png")
-    proc = run_predict("--image", tmp_path / "scene.png", "--query", f"[SEG] <image> {present[0]} [REJ]",
-                       "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    json.loads((tmp_path / "out" / "result.json").read_text())
+    question = f"[SEG] <image> {present[0]} [REJ]"
+    answer = ask(smol, scene.image, question)
+    assert isinstance(answer.text, str)
+    ids = smol.ids
+    user_ids = smol.tokenizer(question, add_special_tokens=False)["input_ids"]
+    assert not {ids.seg, ids.rej, ids.image} & set(user_ids)
 
 
 def _assert_clean_error(proc, words):
@@ -148,8 +153,10 @@ def _assert_clean_error(proc, words):
     assert "Traceback" not in proc.stderr and words in lines[0].lower()
 
 
-@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path):
+    """``gsva predict`` on bad images, paths, models and questions: exit 2, one ``error:`` line. The question
+    checks run on the small shipped gsva-tiny (the same predictor code; the default would only add its load time);
+    :func:`test_the_default_refuses_empty_and_huge_questions` checks the default itself."""
     scene, present, _, _ = held_out_case()
     Image.fromarray(scene.image).save(tmp_path / "ok.png")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
@@ -162,37 +169,49 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
     (tmp_path / "badmodel" / "config.json").write_text("{")
     (tmp_path / "badmodel" / "model.safetensors").write_bytes(b"junk")
     out = tmp_path / "out"
+    tiny = default_model_dir().parent / "gsva-tiny"
     _assert_clean_error(run_predict("--image", tmp_path / "corrupt.jpg", "--query", "x", "--out", out), "readable")
     _assert_clean_error(run_predict("--image", tmp_path / "text.png", "--query", "x", "--out", out), "readable")
     _assert_clean_error(run_predict("--image", tmp_path / "one.png", "--query", "x", "--out", out), "1x1")
     _assert_clean_error(run_predict("--image", tmp_path / "huge.png", "--query", "x", "--out", out), "20000x20000")
     _assert_clean_error(run_predict("--image", tmp_path / "missing.png", "--query", "x", "--out", out), "cannot open")
-    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", "   ", "--out", out), "empty")
-    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", "y" * 100_000, "--out", out),
-                        "characters")
+    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", "   ", "--out", out,
+                                    "--model", tiny), "empty")
+    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", "y" * 100_000, "--out", out,
+                                    "--model", tiny), "characters")
     _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", present[0], "--out", out,
                                     "--model", tmp_path / "nomodel"), "does not exist")
     _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", present[0], "--out", out,
                                     "--model", tmp_path / "badmodel"), "config")
+    assert not out.exists()  # nothing half-written
 
 
 @pytest.mark.slow
-def test_answer_hint_drafts_cut_passes_not_change_answers():
+def test_the_default_refuses_empty_and_huge_questions(smol):
+    scene, _, _, _ = held_out_case()
+    smol.set_image(scene.image)
+    for question, words in (("   ", "empty"), ("y" * 100_000, "characters")):
+        with pytest.raises(QuestionError, match=words):
+            smol.ask(question)
+    assert smol.history == []
+
+
+@pytest.mark.slow
+def test_answer_hint_drafts_cut_passes_not_change_answers(smol, monkeypatch):
     """On the shipped gsva-smol, three-target questions on held-out scenes: drafting from the answer hint
     (:func:`gsva.prompt_lookup.answer_hint`) gives the one-token-per-pass answer in fewer than half the passes."""
     from gsva.data.synth import scene_expressions
-    from gsva.inference import GSVAPredictor
 
-    one = GSVAPredictor.from_pretrained(None, draft_tokens=0)
-    drafted = GSVAPredictor(one.model, one.tokenizer, draft_tokens=8)
+    one = GSVAPredictor(smol.model, smol.tokenizer, draft_tokens=0)
+    drafted = GSVAPredictor(smol.model, smol.tokenizer, draft_tokens=8)
     calls = []
-    forward = one.model.language_forward
+    forward = smol.model.language_forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return forward(*args, **kwargs)
 
-    one.model.language_forward = counting
+    monkeypatch.setattr(smol.model, "language_forward", counting)
     passes = {"one": 0, "drafted": 0}
     for index in range(3):
         scene = make_scene(HELD_OUT_SEED, index)
