@@ -142,8 +142,9 @@ def test_control_strings_in_the_query_are_plain_text(smol):
     answer = ask(smol, scene.image, question)
     assert isinstance(answer.text, str)
     ids = smol.ids
-    user_ids = smol.tokenizer(question, add_special_tokens=False)["input_ids"]
-    assert not {ids.seg, ids.rej, ids.image} & set(user_ids)
+    prompt = smol._prompt_ids([], question)  # what the model was given
+    assert prompt.count(ids.image) == smol.model.config.num_image_tokens
+    assert ids.seg not in prompt and ids.rej not in prompt
 
 
 def _assert_clean_error(proc, words):
@@ -153,9 +154,19 @@ def _assert_clean_error(proc, words):
     assert "Traceback" not in proc.stderr and words in lines[0].lower()
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path):
-    """``gsva predict`` on bad images, paths, models and questions: exit 2, one ``error:`` line. The question
-    checks run on the small shipped gsva-tiny (the same predictor code; the default would only add its load time);
+def _predict_in_process(capsys, *args):
+    """``gsva predict`` through :func:`gsva.cli.main` in this process; (exit status, stdout, stderr)."""
+    from gsva.cli import main
+
+    code = main(["predict", *map(str, args)])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    """``gsva predict`` on bad images, paths, models and questions: exit 2, one ``error:`` line. One case runs as
+    a real process (its exit status); the others through the same ``main`` in this process. The question checks
+    run on the small shipped gsva-tiny (the same predictor code; the default would only add its load time);
     :func:`test_the_default_refuses_empty_and_huge_questions` checks the default itself."""
     scene, present, _, _ = held_out_case()
     Image.fromarray(scene.image).save(tmp_path / "ok.png")
@@ -171,18 +182,17 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
     out = tmp_path / "out"
     tiny = default_model_dir().parent / "gsva-tiny"
     _assert_clean_error(run_predict("--image", tmp_path / "corrupt.jpg", "--query", "x", "--out", out), "readable")
-    _assert_clean_error(run_predict("--image", tmp_path / "text.png", "--query", "x", "--out", out), "readable")
-    _assert_clean_error(run_predict("--image", tmp_path / "one.png", "--query", "x", "--out", out), "1x1")
-    _assert_clean_error(run_predict("--image", tmp_path / "huge.png", "--query", "x", "--out", out), "20000x20000")
-    _assert_clean_error(run_predict("--image", tmp_path / "missing.png", "--query", "x", "--out", out), "cannot open")
-    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", "   ", "--out", out,
-                                    "--model", tiny), "empty")
-    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", "y" * 100_000, "--out", out,
-                                    "--model", tiny), "characters")
-    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", present[0], "--out", out,
-                                    "--model", tmp_path / "nomodel"), "does not exist")
-    _assert_clean_error(run_predict("--image", tmp_path / "ok.png", "--query", present[0], "--out", out,
-                                    "--model", tmp_path / "badmodel"), "config")
+    cases = [(("--image", tmp_path / "text.png", "--query", "x"), "readable"),
+             (("--image", tmp_path / "one.png", "--query", "x"), "1x1"),
+             (("--image", tmp_path / "huge.png", "--query", "x"), "20000x20000"),
+             (("--image", tmp_path / "missing.png", "--query", "x"), "cannot open"),
+             (("--image", tmp_path / "ok.png", "--query", "   ", "--model", tiny), "empty"),
+             (("--image", tmp_path / "ok.png", "--query", "y" * 100_000, "--model", tiny), "characters"),
+             (("--image", tmp_path / "ok.png", "--query", present[0], "--model", tmp_path / "nomodel"),
+              "does not exist"),
+             (("--image", tmp_path / "ok.png", "--query", present[0], "--model", tmp_path / "badmodel"), "config")]
+    for args, words in cases:
+        _assert_clean_error(_predict_in_process(capsys, *args, "--out", out), words)
     assert not out.exists()  # nothing half-written
 
 
