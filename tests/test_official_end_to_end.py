@@ -120,7 +120,7 @@ def test_converted_release_gives_the_official_ids_logits_and_masks(official, syn
 def _base_sam(official):
     """The SAM of the release (image encoder included): the reference loads the image encoder from this module."""
     sam = build_sam(SAM)
-    sam.load_state_dict({k[len("visual_model."):]: v for k, v in
-                         ((k[len("model."):], v) for k, v in official["state"].items() if k.startswith("model.visual_model."))
-                         }, strict=True)
+    prefix = "model.visual_model."
+    sam.load_state_dict({k[len(prefix):]: v for k, v in official["state"].items() if k.startswith(prefix)},
+                        strict=True)
     return sam

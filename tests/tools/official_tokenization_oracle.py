@@ -3,10 +3,10 @@
 
 Run it in an environment with the official code's tokenizer stack and without our package's transformers::
 
-    python3 -m venv /tmp/tf444 && /tmp/tf444/bin/pip install transformers==4.44.2 tokenizers==0.19.1 \\
+    python3 -m venv "$ORACLE_VENV" && "$ORACLE_VENV/bin/pip" install transformers==4.44.2 tokenizers==0.19.1 \\
         sentencepiece==0.2.3 protobuf
-    python tests/tools/official_tokenization_oracle.py --dump-inputs /tmp/inputs.json   # our venv: cases + model
-    /tmp/tf444/bin/python tests/tools/official_tokenization_oracle.py --oracle /tmp/inputs.json \\
+    python tests/tools/official_tokenization_oracle.py --dump-inputs inputs.json   # our venv: cases + model
+    "$ORACLE_VENV/bin/python" tests/tools/official_tokenization_oracle.py --oracle inputs.json \\
         > tests/data/official_tokenization_4.44.2.json
 
 The oracle side sets the tokenizer up as GSVA ``main.py`` does (``AutoTokenizer(use_fast=False)``, pad = unk,
