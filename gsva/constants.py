@@ -14,8 +14,8 @@ IM_START_TOKEN = "<im_start>"
 IM_END_TOKEN = "<im_end>"
 CONTROL_TOKENS = (SEG_TOKEN, REJ_TOKEN, IM_START_TOKEN, IM_END_TOKEN, IMAGE_TOKEN)
 """In the order they are added to a tokenizer: the official order ([SEG], [REJ], then <im_start>, <im_end>;
-official-gsva.md §1, ``add_task_tokens``) and our <image> placeholder last, so a LLaVA tokenizer extended here gives
-the released GSVA checkpoints' ids to the official tokens."""
+LeapLabTHU/GSVA at 618dc79, ``model/prepare_model_tokenizer.py``, ``add_task_tokens``) and our <image> placeholder last,
+so a LLaVA tokenizer extended here gives the released GSVA checkpoints' ids to the official tokens."""
 
 IGNORE_INDEX = -100
 """Label value ignored by the language-model cross-entropy (PyTorch/HF convention)."""

@@ -9,7 +9,8 @@ total = ce_weight * CE  +  bce_weight * mean_masks(BCE)  +  dice_weight * mean_m
   ``[SEG]`` masks of the whole batch.
 * Difference from the official code: ``[REJ]`` slots decode no mask and are *not* counted. The official code keeps a
   logit-0 placeholder for each ``[REJ]`` slot, which adds a gradient-free constant (BCE ln 2, Dice ~1) per slot and
-  inflates the mask count, diluting the real gradients (official-gsva.md §2, §8.10).
+  inflates the mask count, diluting the real gradients (LeapLabTHU/GSVA at 618dc79, ``model/modeling_lisa_gsva.py``,
+  ``LisaGSVAForCausalLM.model_forward``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The one place that declares what GSVA trains, and LoRA injection.
 
-Official ``init_vision_seg_for_model`` (official-gsva.md §1): freeze everything, add LoRA (peft) to the language
-model's ``q_proj``/``v_proj`` (never to CLIP, SAM, the projector or the [SEG] projector), then train ``lm_head``,
-``embed_tokens`` (full matrices), the [SEG] projector (``text_hidden_fcs``) and SAM's mask decoder. CLIP, the
-multimodal projector, SAM's image encoder and prompt encoder stay frozen unless a :class:`TrainableConfig` switch
-says otherwise (``gsva-tiny`` trains from scratch).
+Official ``init_vision_seg_for_model`` (LeapLabTHU/GSVA at 618dc79, ``model/prepare_model_tokenizer.py``): freeze
+everything, add LoRA (peft) to the language model's ``q_proj``/``v_proj`` (never to CLIP, SAM, the projector or the
+[SEG] projector), then train ``lm_head``, ``embed_tokens`` (full matrices), the [SEG] projector (``text_hidden_fcs``)
+and SAM's mask decoder. CLIP, the multimodal projector, SAM's image encoder and prompt encoder stay frozen unless a
+:class:`TrainableConfig` switch says otherwise (``gsva-tiny`` trains from scratch).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 * :func:`write_llava_v1`: a haotian-liu LLaVA-v1 folder (``LlavaLlamaForCausalLM`` keys, sharded ``pytorch_model``
   ``.bin`` + index, ``mm_*`` config fields, LLaMA tokenizer) and an HF CLIP folder (``CLIPModel``).
-* :func:`official_release_state`: a GSVA release state dict (peft-0.4-wrapped ``LisaGSVAForCausalLM`` keys,
-  official-gsva.md §6), built from the official module structure: transformers' LLaMA/CLIP and segment-anything's
-  ``Sam`` with their own key names, LoRA A/B per q/v projection, ``text_hidden_fcs.0.{0,2}``.
+* :func:`official_release_state`: a GSVA release state dict (peft-0.4-wrapped ``LisaGSVAForCausalLM`` keys, as
+  LeapLabTHU/GSVA at 618dc79, ``main.py``, ``main`` loads them), built from the official module structure: transformers'
+  LLaMA/CLIP and segment-anything's ``Sam`` with their own key names, LoRA A/B per q/v projection,
+  ``text_hidden_fcs.0.{0,2}``.
 """
 
 from __future__ import annotations

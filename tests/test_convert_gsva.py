@@ -1,8 +1,9 @@
 """gsva convert gsva: a release file in the official layout -> our checkpoint, and equivalence with the official
-semantics (official-gsva.md §1, §5): slot decisions from the argmax one position earlier, masks from the hidden
-state before each [SEG] through text_hidden_fcs into SAM (raw sparse token, no-mask dense prompt, multimask off),
-upsampled to the SAM input size, cropped and resized. The reference below is written from those facts with
-transformers' LLaMA/CLIP and segment-anything's Sam directly, not with our model code."""
+semantics (LeapLabTHU/GSVA at 618dc79, ``model/modeling_lisa_gsva.py``, ``LisaGSVAForCausalLM.model_forward``): slot
+decisions from the argmax one position earlier, masks from the hidden state before each [SEG] through text_hidden_fcs
+into SAM (raw sparse token, no-mask dense prompt, multimask off), upsampled to the SAM input size, cropped and resized.
+The reference below is written from those facts with transformers' LLaMA/CLIP and segment-anything's Sam directly, not
+with our model code."""
 
 import dataclasses
 import json

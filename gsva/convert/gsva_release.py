@@ -1,8 +1,8 @@
 """Released GSVA / LISA weights (``gsva-7b-pt.bin``, ``gsva-7b-ft-gres.bin``, ``gsva-7b-ft-res.bin``) -> our format.
 
 The release files are ``zero_to_fp32`` state dicts of the official ``LisaGSVAForCausalLM`` wrapped by peft 0.4
-(official-gsva.md §6). With the ``base_model.model.`` prefix (present whenever LoRA was used) stripped, a source key
-goes to our :class:`~gsva.modeling.gsva_model.GSVAModel` as follows:
+(LeapLabTHU/GSVA at 618dc79, README.md; loaded in ``main.py``, ``main``). With the ``base_model.model.`` prefix (present
+whenever LoRA was used) stripped, a source key goes to our :class:`~gsva.modeling.gsva_model.GSVAModel` as follows:
 
 =================================================================  ===========================================
 release key                                                        ours
@@ -22,10 +22,10 @@ lacks (frozen parts a ``zero_to_fp32`` export may leave out) are taken from the 
 official training started from, and listed in the report. Anything else is an error naming the keys.
 
 **Projector.** The official ``initialize_vision_modules`` replaces the LLaVA checkpoint's ``mm_projector`` with a
-freshly initialised, frozen Linear before the weights are loaded (official-gsva.md §1, "Projector bug"): GSVA was
-trained on that random projector, and only the release file carries it. So the release's ``mm_projector`` is used,
-never the LLaVA base's; a release file without it is an error (the official code would run with a new random
-projector there, which nothing can reproduce).
+freshly initialised, frozen Linear before the weights are loaded (LeapLabTHU/GSVA at 618dc79,
+``model/llava/model/llava_arch.py``, ``initialize_vision_modules``): GSVA was trained on that random projector, and only
+the release file carries it. So the release's ``mm_projector`` is used, never the LLaVA base's; a release file without
+it is an error (the official code would run with a new random projector there, which nothing can reproduce).
 
 **Vocabulary.** The LLaVA tokenizer is extended in the official order ([SEG], [REJ], <im_start>, <im_end>, whichever
 are missing; :data:`gsva.constants.CONTROL_TOKENS`), so ids match the release's embedding rows; our ``<image>``

@@ -1,11 +1,11 @@
 """Original LLaVA-v1 checkpoints (haotian-liu ``LlavaLlamaForCausalLM``) -> a LLaVA base in our format.
 
-Source layout (LLaVA-Lightning-7B-v1-1, LLaVA-13b-v1-1, llava-llama-2-13b-chat-lightning-preview; official-gsva.md
-§1): ``config.json`` with the LLaMA fields plus ``mm_vision_tower`` (a CLIP name or path), ``mm_hidden_size``,
-``mm_vision_select_layer`` (-2), ``mm_use_im_start_end`` and optionally ``mm_projector_type`` (absent in v1 =
-"linear"); weights as ``pytorch_model*.bin`` (read with ``torch.load(weights_only=True)``) or ``*.safetensors``,
-single or sharded with an index; a LLaMA tokenizer. The CLIP tower is not in these checkpoints: ``--vision-tower``
-is an HF CLIP directory (``openai/clip-vit-large-patch14``: a ``CLIPModel`` or ``CLIPVisionModel``).
+Source layout (LLaVA-Lightning-7B-v1-1, LLaVA-13b-v1-1, llava-llama-2-13b-chat-lightning-preview, the bases named in
+LeapLabTHU/GSVA at 618dc79, README.md): ``config.json`` with the LLaMA fields plus ``mm_vision_tower`` (a CLIP name or
+path), ``mm_hidden_size``, ``mm_vision_select_layer`` (-2), ``mm_use_im_start_end`` and optionally ``mm_projector_type``
+(absent in v1 = "linear"); weights as ``pytorch_model*.bin`` (read with ``torch.load(weights_only=True)``) or
+``*.safetensors``, single or sharded with an index; a LLaMA tokenizer. The CLIP tower is not in these checkpoints:
+``--vision-tower`` is an HF CLIP directory (``openai/clip-vit-large-patch14``: a ``CLIPModel`` or ``CLIPVisionModel``).
 
 Output directory (read by :func:`gsva.pretrained.build_from_components`)::
 

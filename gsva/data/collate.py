@@ -104,8 +104,9 @@ def encode_longest_prefix(build: Callable[[int], EncodedSample], n: int) -> Enco
     """``build(k)`` for the largest ``k <= n`` whose conversation fits the model's ``max_length``.
 
     ``build(k)`` encodes a conversation with the first ``k`` items (targets, VQA rounds): when too long, items are
-    dropped from the end rather than cutting the token sequence through a ``[SEG]`` (official defect, official-gsva.md
-    §8). Raises :class:`gsva.conversation.PromptTooLongError` when even one item does not fit.
+    dropped from the end rather than cutting the token sequence through a ``[SEG]`` (official defect: LeapLabTHU/GSVA at
+    618dc79, ``data/dataset.py``, ``collate_fn``). Raises :class:`gsva.conversation.PromptTooLongError` when even one
+    item does not fit.
     """
     for k in range(n, 0, -1):
         try:

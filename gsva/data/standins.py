@@ -1,7 +1,8 @@
 """Tiny stand-ins of every dataset in the paper's training mixture, written in the official ``--dataset_dir`` layout.
 
 No real dataset can be downloaded here, so tests and the tiny mixture recipe train on synthetic scenes
-(:mod:`gsva.data.synth`) written exactly where and how the real datasets are stored (official-gsva.md §4)::
+(:mod:`gsva.data.synth`) written exactly where and how the real datasets are stored (LeapLabTHU/GSVA at 618dc79,
+README.md and the readers in ``data/``)::
 
     <out>/ade20k/images/training/ADE_train_XXXXXXXX.jpg      + annotations/training/*.png (pixel = class + 1)
     <out>/coco/train2017/XXXXXXXXXXXX.jpg                    (COCO-Stuff, PACO-LVIS and LLaVA-Instruct images)

@@ -1,6 +1,6 @@
 """Reader for LLaVA-Instruct-150K, the VQA family of the paper's pre-training mixture (no masks).
 
-Layout (official-gsva.md §4; GSVA ``data/vqa_dataset.py``)::
+Layout (LeapLabTHU/GSVA at 618dc79, ``data/vqa_dataset.py``, ``VQADataset``)::
 
     <dataset_dir>/llava_dataset/llava_instruct_150k.json   [{"id", "image", "conversations": [{"from", "value"}]}]
     <dataset_dir>/coco/train2017/<image>

@@ -5,11 +5,11 @@ Answer slots are matched to the asked expressions by phrase (:func:`match_slots`
 slot counts against the model (a target as rejected, a no-target expression as not rejected, with an empty mask);
 slots no expression claims are counted as extra.
 
-``teacher-forced`` (the official GSVA protocol, official-gsva.md §5, ``model_forward(inference=True)`` with
-``reeval=True``): the ground-truth answer is fed in; at each GT slot the argmax of the logits one position earlier
-decides — at a GT ``[SEG]`` anything but ``[SEG]`` counts as ``[REJ]``, at a GT ``[REJ]`` anything but ``[REJ]``
-counts as ``[SEG]``; then every ``[REJ]`` in the input is replaced by ``[SEG]`` and a second pass gives a mask for
-every slot. Several conversations run in one batch.
+``teacher-forced`` (the official GSVA protocol: LeapLabTHU/GSVA at 618dc79, ``model/modeling_lisa_gsva.py``,
+``model_forward(inference=True)`` with ``reeval=True``, as ``solver.py`` ``eval_gres`` calls it): the ground-truth
+answer is fed in; at each GT slot the argmax of the logits one position earlier decides — at a GT ``[SEG]`` anything but
+``[SEG]`` counts as ``[REJ]``, at a GT ``[REJ]`` anything but ``[REJ]`` counts as ``[SEG]``; then every ``[REJ]`` in the
+input is replaced by ``[SEG]`` and a second pass gives a mask for every slot. Several conversations run in one batch.
 
 Both return, per expression, a :class:`SlotOutcome`; ``mask`` is always the slot's decoded mask (also when
 rejected), so every scorer can apply its own rule.

@@ -1,11 +1,12 @@
 """Import the PyPI ``segment-anything`` package's model code without its top-level ``__init__``.
 
-``segment_anything/__init__.py`` imports ``predictor`` and ``automatic_mask_generator``, which import torchvision;
-there is no CPU build of torchvision for our torch (environment.md §2), so ``import segment_anything`` fails. GSVA
-needs only ``segment_anything.modeling`` (image encoder, prompt encoder, mask decoder), which has no torchvision
-dependency. When ``segment_anything`` imports normally we use it as is; otherwise we register a bare package module
-whose ``__path__`` is the installed folder, so ``segment_anything.modeling`` loads from the unmodified files. No
-code is copied and no fake torchvision is created (that would make transformers believe torchvision works).
+``segment_anything/__init__.py`` imports ``predictor`` and ``automatic_mask_generator``, which import torchvision; there
+is no CPU build of torchvision for our torch (the matching wheel is CUDA-linked and fails to import), so
+``import segment_anything`` fails. GSVA needs only ``segment_anything.modeling`` (image encoder, prompt encoder, mask
+decoder), which has no torchvision dependency. When ``segment_anything`` imports normally we use it as is; otherwise we
+register a bare package module whose ``__path__`` is the installed folder, so ``segment_anything.modeling`` loads from
+the unmodified files. No code is copied and no fake torchvision is created (that would make transformers believe
+torchvision works).
 """
 
 from __future__ import annotations

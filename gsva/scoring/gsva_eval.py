@@ -1,5 +1,5 @@
-"""GSVA's own gRefCOCO/Ref-ZOM scoring: ``solver.py`` ``eval_gres`` of LeapLabTHU/GSVA (official-gsva.md §5,
-metrics-data-peers.md §1.3). Use it to compare with the GSVA README's numbers; use ``rela`` for the benchmark's.
+"""GSVA's own gRefCOCO/Ref-ZOM scoring: ``solver.py`` ``eval_gres`` (with ``intersectionAndUnionGPU``) of
+LeapLabTHU/GSVA at 618dc79. Use it to compare with the GSVA README's numbers; use ``rela`` for the benchmark's.
 
 Per slot (the masks of *every* slot come from the re-evaluation pass, rejected ones included):
 

@@ -1,5 +1,5 @@
-"""ReasonSeg / RefCOCO metrics: LISA's ``train_ds.py`` ``validate()`` (GSVA ``solver.py`` ``validate``;
-metrics-data-peers.md §3).
+"""ReasonSeg / RefCOCO metrics: LISA's ``train_ds.py`` ``validate()`` (dvlab-research/LISA at 3cb2d43; GSVA
+``solver.py`` ``validate``, LeapLabTHU/GSVA at 618dc79).
 
 LISA's ``validate`` has no rejection: it always scores the mask decoded at the slot. So does this scorer — the
 slot's mask counts whatever the ``[SEG]``/``[REJ]`` decision was (a missing slot has an empty mask); it measures
@@ -7,8 +7,9 @@ segmentation only. Pixels in the ignore region are removed from both prediction 
 (``intersectionAndUnionGPU(..., ignore_index=255)``). Per mask IoU = I / (U + 1e-5), plus 1 when U is 0 (both empty
 count as a hit); gIoU = ΣIoU / (count + 1e-5); cIoU = ΣI / (ΣU + 1e-10).
 
-GSVA's own ReasonSeg validation turns the ignore regions into *foreground* (``masks.bool()``, official-gsva.md §4);
-this scorer follows LISA, which excludes them, so GSVA's ReasonSeg figures are not reproduced bit for bit.
+GSVA's own ReasonSeg validation turns the ignore regions into *foreground* (``masks.bool()`` in LeapLabTHU/GSVA at
+618dc79, ``data/dataset.py``, ``ValDataset.__getitem__``); this scorer follows LISA, which excludes them, so GSVA's
+ReasonSeg figures are not reproduced bit for bit.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The official gRefCOCO (GRES) metrics: ReLA ``gres_model/evaluation/refer_evaluation.py``, ``ReferEvaluator``,
-after commit 884ef17 ("fix eval metrics"); definitions in metrics-data-peers.md §1.2.
+after commit 884ef17 ("fix eval metrics"); definitions from ``ReferEvaluator.evaluate``.
 
 Per expression, with I = |pred ∩ GT| and U = |pred ∪ GT| of the slot's mask (decoded even when rejected; ReLA always
 predicts a mask next to its no-target flag):
