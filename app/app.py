@@ -20,7 +20,6 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -152,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from gsva.checkpoint import CheckpointError
+    from gsva.errors import USER_ERRORS
 
     try:
         quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
         predictor = GSVAPredictor.from_pretrained(
             args.model, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]),
             quantization=quantization)
-    except (CheckpointError, RuntimeError) as exc:  # RuntimeError: bitsandbytes missing for 8/4-bit
+    except USER_ERRORS as exc:  # a bad checkpoint, bitsandbytes missing for 8/4-bit, an unreadable file
         sys.stderr.write(f"error: {exc}\n")
         return 2
     demo = build_demo(ChatBackend(predictor))

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from gsva.engine import Trainer, load_recipe  # noqa: E402
+from gsva.training import Trainer, load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,12 +27,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 __all__ = ["BaseModelSpec", "BASE_MODELS", "BaseModelError", "locate_base_file", "load_base", "build_based_model"]
 
 logger = logging.getLogger(__name__)
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(UserError, RuntimeError):
     """The base model file is missing, not the expected file, or unreadable (the message says how to fix it)."""
 
 
@@ -179,7 +181,7 @@ def build_based_model(config, path: str | Path | None = None):
     added (fixed order, so ids are the same every time), a :class:`gsva.modeling.gsva_model.GSVAModel` whose
     language model holds the base's first ``text.num_hidden_layers`` layers (:func:`attach_base`); the own
     weights (vision, projector, LoRA, added rows, [SEG] projector, SAM) are freshly initialised. Raises
-    :class:`BaseModelError` (base file) or ``ValueError`` (the base does not fit the config)."""
+    :class:`BaseModelError` (a missing or bad base file, or a base that does not fit the config)."""
     from .modeling.base_weights import attach_base
     from .modeling.gsva_model import GSVAModel
     from .tokens import add_control_tokens
@@ -189,9 +191,12 @@ def build_based_model(config, path: str | Path | None = None):
     if config.conv_template == "chatml":
         got = tokenizer.convert_ids_to_tokens([ids.bos, ids.eos])
         if got != ["<|im_start|>", "<|im_end|>"]:
-            raise ValueError(f"the chatml template needs BOS/EOS <|im_start|>/<|im_end|>; the base has {got}")
+            raise BaseModelError(f"the chatml template needs BOS/EOS <|im_start|>/<|im_end|>; the base has {got}")
     model = GSVAModel(config, ids, len(tokenizer))
-    attach_base(model, base_lm, tokenizer)
+    try:
+        attach_base(model, base_lm, tokenizer)
+    except ValueError as exc:
+        raise BaseModelError(f"the base does not fit config {config.name!r}: {exc}") from None
     return model, tokenizer
 
 

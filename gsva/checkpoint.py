@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, GSVAConfig
+from .errors import UserError
 from .legacy_tokenization import SENTENCEPIECE_FILE, LegacyTokenizerError, legacy_sentencepiece_of, prepare_tokenizer
 from .modeling.gsva_model import GSVAModel
 from .tokens import add_control_tokens, control_token_ids
@@ -41,7 +42,7 @@ INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupt or does not match its config."""
 
 

@@ -1,9 +1,11 @@
-"""The ``gsva`` command: ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva standins`` (tiny stand-ins of every
-pre-training dataset in the official layout), ``gsva predict`` (one image, one query),
-``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``) and ``gsva export`` (a self-contained
-checkpoint, LoRA optionally merged).
+"""The ``gsva`` command: ``gsva train`` (:mod:`gsva.training.command`), ``gsva eval``
+(:mod:`gsva.evaluation.command`), ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva standins`` (tiny
+stand-ins of every pre-training dataset in the official layout), ``gsva predict`` (one image, one query),
+``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``), ``gsva export`` (a self-contained
+checkpoint, LoRA optionally merged) and ``gsva convert`` (released weights into our format).
 
-Bad input exits with status 2 and one ``error: ...`` line on stderr, no traceback.
+Bad input exits with status 2 and one ``error: ...`` line on stderr, no traceback (:mod:`gsva.errors`); anything
+else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from .errors import InputError
     from .evaluation.report import format_table, write_calibration
     from .scoring import DEFAULT_SCORERS, SCORERS, read_predictions, score_samples
 
-    saved = args.predictions.parent / "metrics.json"  # written next to it by eval/evaluate.py
+    saved = args.predictions.parent / "metrics.json"  # written next to it by `gsva eval`
     saved = json.loads(saved.read_text()) if saved.is_file() else {}
     dataset = args.dataset or saved.get("dataset")
     dmmi_resize = args.dmmi_resize if args.dmmi_resize is not None else saved.get("dmmi_resize")
@@ -85,7 +88,7 @@ def _score(args: argparse.Namespace) -> int:
         names = DEFAULT_SCORERS.get(dataset or "grefcoco", ("rela",))
     unknown = [n for n in names if n not in SCORERS]
     if unknown:
-        raise ValueError(f"unknown scorer(s) {', '.join(unknown)}; known: {', '.join(SCORERS)}")
+        raise InputError(f"unknown scorer(s) {', '.join(unknown)}; known: {', '.join(SCORERS)}")
     samples = (sample for _, sample in read_predictions(args.predictions))  # streamed: masks are decoded one by one
     result = score_samples(samples, names, dataset, dmmi_resize)
     sys.stdout.write(format_table(result) + "\n")
@@ -153,6 +156,10 @@ def _dtype(name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gsva", description="GSVA: generalized segmentation via multimodal LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, what in (("train", "train from a YAML recipe (gsva train --help)"),
+                       ("eval", "evaluate on a benchmark (gsva eval --help)")):
+        p = sub.add_parser(name, help=what, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
     p = sub.add_parser("synth", help="write a synthetic GRES dataset in gRefCOCO format")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
@@ -200,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. 5GB); default: one file")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: keep)")
     p.set_defaults(func=_export)
-    p = sub.add_parser("score", help="recompute metrics from a predictions.jsonl written by eval/evaluate.py")
+    p = sub.add_parser("score", help="recompute metrics from a predictions.jsonl written by gsva eval")
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--scorer", default=None, help="comma-separated: rela, gsva, dmmi, lisa, rec "
                    "(default: the dataset's scorers)")
@@ -216,45 +223,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_stage_cli(description: str, make_trainer, argv: list[str] | None = None) -> int:
     """Entry of the stage scripts (``train/pretrain_vision.py``, ``train/pretrain_sam.py``): ``--config FILE
-    [key=value ...]`` -> ``make_trainer(config_path, overrides).run()`` (a :class:`gsva.stage_loop.StageTrainer`).
-    User errors (bad recipe, annotations, missing files) exit 2 with one ``error:`` line; anything else shows its
-    traceback."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.grefcoco import AnnotationError
+    [key=value ...]`` -> ``make_trainer(config_path, overrides).run()`` (a
+    :class:`gsva.training.stage_loop.StageTrainer`).
+    User errors (:mod:`gsva.errors`: bad recipe, annotations, missing files) exit 2 with one ``error:`` line;
+    anything else shows its traceback."""
+    from .errors import report_user_errors
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        trainer = make_trainer(args.config, args.overrides)
-    except (ConfigError, AnnotationError, CheckpointError, FileNotFoundError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    sys.stdout.write(f"wrote {trainer.run()}\n")
-    return 0
+
+    def run() -> int:
+        sys.stdout.write(f"wrote {make_trainer(args.config, args.overrides).run()}\n")
+        return 0
+
+    return report_user_errors(run)
+
+
+#: subcommands whose arguments go unparsed to the ``main(argv)`` of a module
+FORWARDED = {"train": "gsva.training.command", "eval": "gsva.evaluation.command"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+
+        return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a harmless notice about optional kernels
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.grefcoco import AnnotationError
-    from .images import ImageError
-    from .inference import QuestionError
-    from .scoring import PredictionError
+    from .errors import report_user_errors
 
-    try:
-        return args.func(args)
-    except (ImageError, QuestionError, CheckpointError, ConfigError, AnnotationError, PredictionError,
-            FileExistsError, OSError, ValueError, RuntimeError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+    return report_user_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

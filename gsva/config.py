@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 __all__ = [
     "VisionConfig",
     "TextConfig",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or value is malformed (unknown key, wrong type, impossible value)."""
 
 

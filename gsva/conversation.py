@@ -1,9 +1,11 @@
-"""Prompt and answer templates, and their tokenisation into ``input_ids`` / ``labels``.
+"""Conversations: rendering turns with the templates of :mod:`gsva.templates`, tokenisation into ``input_ids`` /
+``labels``, and parsing a generated answer back into its slot phrases.
 
 A conversation is rendered as a list of :class:`Piece` s: plain text, or one control token placed by this module.
 Text is always encoded with :func:`gsva.tokens.encode_text`, so control tokens can never come from text a user typed.
 
-Templates (official GSVA ``utils/utils.py``, ``data/refer_seg_dataset.py``; official-gsva.md §3):
+Rendering (LeapLabTHU/GSVA at 618dc79, ``model/llava/conversation.py``, ``data/refer_seg_dataset.py``; the strings
+are in :mod:`gsva.templates`):
 
 * llava_v1: ``SYSTEM + " USER: " + "<im_start><image><im_end>\\n" + question + " ASSISTANT: " + answer + "</s>"``;
   later turns ``"USER: " + question + " ASSISTANT: " + answer + "</s>"``.
@@ -19,7 +21,10 @@ import re
 from dataclasses import dataclass, field
 
 from .constants import IGNORE_INDEX, IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, REJ_TOKEN, SEG_TOKEN
+from .errors import UserError
 from .legacy_tokenization import legacy_sentencepiece_of
+from .templates import (ANSWER_SEP, ANSWER_STARTS, ANSWER_TEMPLATES, CHATML_SYSTEM_PROMPT, QUESTION_TEMPLATES,
+                        SYSTEM_PROMPT, answer_template_parts)
 from .tokens import ControlTokenIds, encode_text
 
 __all__ = [
@@ -41,23 +46,8 @@ __all__ = [
     "question_phrases",
 ]
 
-SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-QUESTION_TEMPLATES = (
-    "Can you segment {X} in this image?",
-    "Please segment {X} in this image.",
-    "What are {X} in this image? Please respond with segmentation masks.",
-    "What are {X} in this image? Please output segmentation masks.",
-)
-ANSWER_STARTS = ("The segmentation results are", "Sure, they are", "Sure,", "Sure,", "Sure,")
-ANSWER_TEMPLATES = ("{n} [SEG]", "{n}:[SEG]", "the mask of {n} is [SEG]", "the segmentation of {n} is [SEG]",
-                    "the referred {n} is [SEG]")
-ANSWER_SEP = ", "  # refer_seg separator (sem_seg uses ",")
 
-
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UserError, ValueError):
     """The rendered conversation has more tokens than the model's ``max_length``."""
 
 
@@ -102,8 +92,7 @@ def answer_pieces(phrases: list[str], present: list[bool], style: int, sep: str 
     if len(phrases) != len(present) or not phrases:
         raise ValueError("phrases and present must be non-empty and of equal length")
     pieces = [Piece(" " + ANSWER_STARTS[style] + " ", train=True)]
-    prefix, suffix = ANSWER_TEMPLATES[style].split("{n}")
-    suffix = suffix.replace(SEG_TOKEN, "")
+    prefix, suffix = answer_template_parts(style)
     for i, (phrase, here) in enumerate(zip(phrases, present)):
         lead = sep if i else ""
         pieces.append(Piece(lead + prefix + phrase + suffix, train=True))
@@ -130,10 +119,6 @@ def text_answer_pieces(template: str, plain: str = "") -> list[Piece]:
         raise ValueError("an answer needs a template or text")
     pieces.append(Piece(control="<eos>", train=True))
     return pieces
-
-
-CHATML_SYSTEM_PROMPT = "You are a helpful assistant. You segment the objects the user names in the image."
-"""System message of the ``chatml`` template (ours; SmolLM2's chat template inserts a default one)."""
 
 
 def render_conversation(turns: list[Turn], use_im_start_end: bool = True, template: str = "llava_v1") -> list[Piece]:
@@ -280,9 +265,18 @@ def question_phrases(question: str) -> list[str] | None:
     return None
 
 
-_START_RE = re.compile(r"^\s*(the segmentation results are|sure, they are|sure,)\s*", re.IGNORECASE)
-_PREFIX_RE = re.compile(r"^(the mask of|the segmentation of|the referred)\s+", re.IGNORECASE)
-_SUFFIX_RE = re.compile(r"(\s+is|:)\s*$", re.IGNORECASE)
+def _alternatives(words) -> str:
+    """A regex group matching any of ``words`` (longest first, so that "sure, they are" wins over "sure,")."""
+    return "(" + "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True)) + ")"
+
+
+# built from the answer templates (gsva.templates): the answer start, the text before a phrase, the text after it
+_START_RE = re.compile(r"^\s*" + _alternatives(s.lower() for s in ANSWER_STARTS) + r"\s*", re.IGNORECASE)
+_PARTS = [answer_template_parts(c) for c in range(len(ANSWER_TEMPLATES))]
+_PREFIX_RE = re.compile(r"^" + _alternatives(p.strip() for p, _ in _PARTS if p.strip()) + r"\s+", re.IGNORECASE)
+_SUFFIXES = {s.strip() for _, s in _PARTS} - {""}
+_SUFFIX_RE = re.compile("(" + "|".join((r"\s+" if w[0].isalnum() else "") + re.escape(w) for w in sorted(_SUFFIXES))
+                        + r")\s*$", re.IGNORECASE)
 
 
 def parse_slot_phrases(segments: list[str]) -> list[str]:

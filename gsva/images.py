@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .constants import MAX_IMAGE_PIXELS
+from .errors import UserError
 
 __all__ = ["ImageError", "load_image", "as_rgb_array"]
 
@@ -27,7 +28,7 @@ MAX_ASPECT_RATIO = 50
 """Longer/shorter side above this is refused: the shorter side would vanish in SAM's 1024-px resize."""
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input image is unreadable, corrupt, empty, too small or too large."""
 
 

@@ -23,6 +23,7 @@ import torch
 
 from .conversation import Piece, PromptTooLongError, Turn, parse_slot_phrases, render_conversation, tokenize_pieces
 from .data.transforms import clip_preprocess, sam_preprocess
+from .errors import InputError, UserError
 from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel
 from .modeling.object_projector import ObjectLayout
@@ -37,7 +38,7 @@ MAX_QUESTION_CHARS = 2000
 """Longer questions are refused before tokenisation (a 100 KB paste gets a clear message, not a slow failure)."""
 
 
-class QuestionError(ValueError):
+class QuestionError(UserError, ValueError):
     """The question is empty, too long, or does not fit the model's context with the conversation so far."""
 
 
@@ -123,7 +124,7 @@ class GSVAPredictor:
     def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0,
                  draft_tokens: int = 8) -> None:
         if draft_tokens < 0:
-            raise ValueError(f"draft_tokens must be >= 0, got {draft_tokens}")
+            raise InputError(f"draft_tokens must be >= 0, got {draft_tokens}")
         self.model = model.eval()
         self.draft_tokens = draft_tokens
         self.tokenizer = tokenizer

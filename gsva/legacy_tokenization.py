@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import UserError
+
 __all__ = ["SENTENCEPIECE_FILE", "TOKENIZATIONS", "LegacySentencePiece", "attach_legacy_sentencepiece",
            "legacy_sentencepiece_of", "LegacyTokenizerError", "prepare_tokenizer"]
 
@@ -44,7 +46,7 @@ TOKENIZATIONS = ("hf", "legacy_sentencepiece")
 _ATTRIBUTE = "_gsva_legacy_sentencepiece"
 
 
-class LegacyTokenizerError(ValueError):
+class LegacyTokenizerError(UserError, ValueError):
     """The sentencepiece file is missing, unreadable, or does not belong to the HF tokenizer beside it."""
 
 

@@ -1,11 +1,12 @@
 """8-bit and 4-bit inference of the language model through bitsandbytes (``pip install '.[quant]'``).
 
-As LISA's ``--load_in_8bit`` / ``--load_in_4bit`` (official-gsva.md §7: NF4 with double quantisation, SAM kept in
-16/32-bit), but applied to an already loaded, strictly checked model: every ``nn.Linear`` of the LLaMA decoder layers
-becomes a bitsandbytes layer — ``Linear8bitLt`` (LLM.int8(), outlier threshold 6.0, the transformers default) or
-``Linear4bit`` (NF4, double quantisation, computing in the model's dtype). Embeddings, ``lm_head``, the CLIP tower,
-the projectors and SAM keep their precision. LoRA adapters are merged first (exact, in the original precision).
-bitsandbytes 0.45+ has a CPU backend, so this runs here too; on CUDA move the model to the GPU before quantising.
+As LISA's ``--load_in_8bit`` / ``--load_in_4bit`` (dvlab-research/LISA at 3cb2d43, ``chat.py``, ``main``: NF4 with
+double quantisation, SAM kept in 16/32-bit), but applied to an already loaded, strictly checked model: every
+``nn.Linear`` of the LLaMA decoder layers becomes a bitsandbytes layer — ``Linear8bitLt`` (LLM.int8(), outlier threshold
+6.0, the transformers default) or ``Linear4bit`` (NF4, double quantisation, computing in the model's dtype). Embeddings,
+``lm_head``, the CLIP tower, the projectors and SAM keep their precision. LoRA adapters are merged first (exact, in the
+original precision). bitsandbytes 0.45+ has a CPU backend, so this runs here too; on CUDA move the model to the GPU
+before quantising.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 
 import torch
 from torch import nn
+
+from .errors import InputError
 
 __all__ = ["QUANTIZATION_MODES", "quantize_language_model"]
 
@@ -27,7 +30,7 @@ def _bnb():
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise RuntimeError("8-bit/4-bit inference needs bitsandbytes: pip install '.[quant]'") from None
+        raise InputError("8-bit/4-bit inference needs bitsandbytes: pip install '.[quant]'") from None
     return bnb
 
 
@@ -53,7 +56,7 @@ def quantize_language_model(model, mode: str) -> int:
     place. Returns the number of replaced Linear layers. Raises ValueError for an unknown mode and RuntimeError when
     bitsandbytes is missing."""
     if mode not in QUANTIZATION_MODES:
-        raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, got {mode!r}")
+        raise InputError(f"quantization must be one of {QUANTIZATION_MODES}, got {mode!r}")
     _bnb()
     from .trainable import merge_lora
 

@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .config import ConfigError, GSVAConfig, get_named_config
+from .config import ConfigError, GSVAConfig
 from .data.grefcoco import GRefCOCO
 from .data.transforms import sam_preprocess
 from .images import load_image
 from .losses import dice_loss, sigmoid_bce_loss
 from .modeling.sam import build_sam, decode_box_masks, decode_point_masks
-from .stage_loop import StageRecipe, StageTrainer, load_stage_weights
+from .training.stage_loop import StageRecipe, StageTrainer, load_stage_weights
 
 __all__ = ["SamRecipe", "SamPromptDataset", "SamTrainer", "load_sam_recipe", "load_sam_weights", "SAM_PREFIX",
            "BOX_NOISE", "BOX_NOISE_MAX"]
@@ -53,7 +53,7 @@ BOX_NOISE_MAX = 20.0
 
 @dataclass
 class SamRecipe(StageRecipe):
-    """Stage (c) recipe (:class:`gsva.stage_loop.StageRecipe` fields and these). ``box_rate``: share of prompts
+    """Stage (c) recipe (:class:`gsva.training.stage_loop.StageRecipe` fields and these). ``box_rate``: share of prompts
     that are boxes (the rest are points). ``prompts_per_image``: most instances of an image prompted in one step."""
 
     output_dir: str = "runs/gsva-smol-sam"
@@ -73,7 +73,7 @@ class SamRecipe(StageRecipe):
 
 def load_sam_recipe(path: str | Path, overrides: list[str] | None = None) -> SamRecipe:
     """Read a YAML stage-(c) recipe with ``key=value`` overrides. Raises ConfigError."""
-    from .engine import load_recipe_as
+    from .training.recipe import load_recipe_as
 
     return load_recipe_as(SamRecipe, path, overrides)
 

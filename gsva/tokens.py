@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .constants import CONTROL_TOKENS, IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, REJ_TOKEN, SEG_TOKEN
+from .errors import UserError
 
 __all__ = ["ControlTokenIds", "add_control_tokens", "control_token_ids", "encode_text", "TokenizerError"]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """The tokenizer lacks a required token or maps a control token to more than one id."""
 
 

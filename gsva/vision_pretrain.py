@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, GSVAConfig, get_named_config
-from .data.grefcoco import GRefCOCO
+from .data.grefcoco import AnnotationError, GRefCOCO
 from .data.transforms import clip_preprocess
 from .images import load_image
 from .modeling.object_projector import CROP_SIZE, object_crops, patch_components
-from .stage_loop import StageRecipe, StageTrainer, load_stage_weights
+from .training.stage_loop import StageRecipe, StageTrainer, load_stage_weights
 
 __all__ = ["VisionRecipe", "PatchWordDataset", "patch_labels", "patch_word_loss", "VisionTrainer", "MIN_COVER",
            "load_vision_weights", "VISION_PREFIXES", "predicted_objects", "CROP_READER_PREFIX"]
@@ -64,7 +64,7 @@ CROP_READER_PREFIX = "mllm.model.multi_modal_projector.crop_reader."
 
 @dataclass
 class VisionRecipe(StageRecipe):
-    """Stage (a) recipe (:class:`gsva.stage_loop.StageRecipe` fields, ``object_weight``, ``crop_objects``,
+    """Stage (a) recipe (:class:`gsva.training.stage_loop.StageRecipe` fields, ``object_weight``, ``crop_objects``,
     ``vision_init``). ``model``: a named config whose projector reads words (``projector_type`` ``word`` or
     ``object_words``). ``crop_objects``: "labels" trains the tower and the crop reader on the objects of the true
     patch labels; "predicted" trains only the crop reader, from ``vision_init`` (a stage-(a) ``vision.safetensors``,
@@ -95,7 +95,7 @@ class VisionRecipe(StageRecipe):
 
 def load_vision_recipe(path: str | Path, overrides: list[str] | None = None) -> VisionRecipe:
     """Read a YAML stage-(a) recipe with ``key=value`` overrides. Raises ConfigError."""
-    from .engine import load_recipe_as
+    from .training.recipe import load_recipe_as
 
     return load_recipe_as(VisionRecipe, path, overrides)
 
@@ -118,7 +118,7 @@ def patch_labels(gref: GRefCOCO, image_id: int, config: GSVAConfig) -> torch.Ten
         try:
             idx = [g.index(word) for g, word in zip(groups, words)]
         except ValueError:
-            raise ValueError(f"annotation {ann_id} of image {image_id}: words {words} are not all in "
+            raise AnnotationError(f"annotation {ann_id} of image {image_id}: words {words} are not all in "
                              f"{groups}") from None
         mask = torch.from_numpy(gref.mask((ann_id,), h, w).astype(np.float32))[None, None]
         cover = F.adaptive_avg_pool2d(F.interpolate(mask, size=(side * 8, side * 8), mode="area"), side)[0, 0].numpy()

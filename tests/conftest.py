@@ -56,7 +56,7 @@ def synth_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer(synth_root):
     from gsva.data.grefcoco import GRefCOCO
-    from gsva.engine import tokenizer_corpus
+    from gsva.training.model_setup import tokenizer_corpus
     from gsva.tokenizer_build import train_tokenizer
 
     gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")

@@ -69,7 +69,7 @@ def test_a_crash_mid_write_leaves_the_old_checkpoint_or_none(micro_model, tokeni
     import torch
 
     import gsva.checkpoint as ckpt_module
-    from gsva.engine import latest_checkpoint
+    from gsva.training import latest_checkpoint
 
     save_model(micro_model, tokenizer, tmp_path / "ckpt", extra_files={"trainer_state.json": '{"step": 1}'})
     before = {k: v.clone() for k, v in micro_model.state_dict().items()}

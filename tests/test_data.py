@@ -145,6 +145,7 @@ def test_unreadable_annotation_files(tmp_path):
         GRefCOCO(tmp_path / "none", tmp_path)
 
 
+@pytest.mark.slow
 def test_absent_expressions_are_not_predictable_from_text():
     """Within every template ("the C S", "the S left of the C S", ...) present and absent targets both occur, so a
     text-only guess of [REJ] is barely better than always answering "present" (the old generator allowed +14 points,

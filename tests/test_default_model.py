@@ -163,6 +163,7 @@ def _predict_in_process(capsys, *args):
     return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     """``gsva predict`` on bad images, paths, models and questions: exit 2, one ``error:`` line. One case runs as
     a real process (its exit status); the others through the same ``main`` in this process. The question checks

@@ -91,7 +91,7 @@ def test_dataset_mixes_describe_conversations(synth_root, tokenizer):
 
 def test_recipe_caption_rate_is_validated(tmp_path):
     from gsva.config import ConfigError
-    from gsva.engine import load_recipe
+    from gsva.training import load_recipe
 
     (tmp_path / "r.yaml").write_text("caption_rate: 0.3\n")
     assert load_recipe(tmp_path / "r.yaml").caption_rate == 0.3
@@ -100,7 +100,7 @@ def test_recipe_caption_rate_is_validated(tmp_path):
 
 
 def test_tokenizer_corpus_includes_descriptions(synth_root):
-    from gsva.engine import tokenizer_corpus
+    from gsva.training.model_setup import tokenizer_corpus
 
     gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
     assert DESCRIBE_QUESTION not in tokenizer_corpus(gref)

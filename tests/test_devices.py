@@ -5,7 +5,7 @@ import torch
 
 from gsva.config import ConfigError
 from gsva.devices import autocast_for, check_device_name, resolve_device, to_device
-from gsva.engine import Trainer, load_recipe
+from gsva.training import Trainer, load_recipe
 
 from .test_training import _recipe
 

@@ -12,14 +12,13 @@ import pytest
 
 from gsva.cli import main as gsva_main
 from gsva.evaluation import open_benchmark, run_benchmark
+from gsva.evaluation.command import main as eval_main
 from gsva.evaluation.protocols import match_slots
 from gsva.inference import Answer, GSVAPredictor, Target
 from tests import refer_fixtures as fx
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "gsva" / "assets" / "gsva-tiny"  # for the plumbing tests: the default is loaded by the module fixture
-sys.path.insert(0, str(REPO / "eval"))
-import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def predictor():
 
 
 def _evaluate(capsys, *args):
-    assert evaluate.main([str(a) for a in args]) == 0
+    assert eval_main([str(a) for a in args]) == 0
     return capsys.readouterr().out
 
 
@@ -66,6 +65,7 @@ def test_one_command_both_protocols(tmp_path, capsys, synth_root):
         assert json.loads((tmp_path / protocol / "metrics.json").read_text())["protocol"] == protocol
 
 
+@pytest.mark.slow
 def test_bad_annotation_is_one_error_line(tmp_path):
     (tmp_path / "grefcoco").mkdir()
     (tmp_path / "grefcoco" / "grefs(unc).json").write_text("[{]")
@@ -130,6 +130,7 @@ def test_slot_matching_by_phrase_then_order():
     assert match_slots(Answer("", []), ["a", "b"]) == ([None, None], 0)
 
 
+@pytest.mark.slow
 def test_bad_arguments(predictor, synth_root):
     bench = open_benchmark("grefcoco", synth_root, "val")
     with pytest.raises(ValueError, match="1 for the generate protocol"):

@@ -25,6 +25,7 @@ def _families():
             "vqa": [Records("llava", 40)], "reason_seg": [Records("reasonseg", 10)]}
 
 
+@pytest.mark.slow
 def test_family_frequencies_follow_the_paper_weights():
     mix = MixtureDataset(_families(), PAPER_FAMILY_WEIGHTS, length=20000, seed=1)
     counts = {}

@@ -1,6 +1,7 @@
 """Short training runs on the micro config: the loss falls, checkpoints resume, DeepSpeed ZeRO-2 runs on CPU
 (test_killed_deepspeed_run_resumes_to_the_same_loss_curve)."""
 
+import dataclasses
 import json
 from collections import Counter
 import os
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from gsva.config import ConfigError
-from gsva.engine import Trainer, latest_checkpoint, load_recipe, lr_at
+from gsva.training import Trainer, latest_checkpoint, load_recipe, lr_multiplier
 
 from .conftest import micro_config
 
@@ -34,8 +35,8 @@ def _recipe(tmp_path, synth_root, **kw):
 
 def test_lr_schedule_warms_up_then_decays(tmp_path, synth_root):
     r = load_recipe(_recipe(tmp_path, synth_root, max_steps=110, warmup_steps=10))
-    assert lr_at(0, r) == pytest.approx(0.1) and lr_at(9, r) == pytest.approx(1.0)
-    assert lr_at(60, r) == pytest.approx(0.5) and lr_at(110, r) == 0.0
+    at = [lr_multiplier(step, r.warmup_steps, r.max_steps) for step in (0, 9, 60, 110)]
+    assert at == pytest.approx([0.1, 1.0, 0.5, 0.0])
 
 
 def test_recipe_rejects_unknown_keys(tmp_path, synth_root):
@@ -45,6 +46,24 @@ def test_recipe_rejects_unknown_keys(tmp_path, synth_root):
         load_recipe(_recipe(tmp_path, synth_root, lerning_rate=1.0))
     with pytest.raises(ConfigError, match="max_steps"):
         load_recipe(_recipe(tmp_path, synth_root), ["max_steps=0"])
+
+
+def test_trainer_reproduces_the_loss_curve_recorded_before_the_restructuring(tmp_path, synth_root):
+    """tests/data/loss_curve_micro.json: every StepLog of a fixed micro recipe (LoRA rank 4, gradient accumulation
+    2, describe and attribute conversations, a checkpoint at step 4), recorded with the single-file trainer of
+    commit ec31b83 that gsva.training replaced. The same recipe must give the same curve."""
+    golden = json.loads((REPO / "tests" / "data" / "loss_curve_micro.json").read_text())
+    overrides = micro_config(lora_rank=4).to_dict()
+    overrides.pop("name")
+    recipe = load_recipe(_recipe(tmp_path, synth_root, **golden["recipe"], model_overrides=overrides))
+    logs = [dataclasses.asdict(log) for log in Trainer(recipe).steps()]
+    assert [log["step"] for log in logs] == [g["step"] for g in golden["steps"]] == list(range(1, 9))
+    for log, want in zip(logs, golden["steps"]):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert log[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (log["step"], key)
+            else:
+                assert log[key] == value, (log["step"], key)
 
 
 @pytest.mark.slow
@@ -126,12 +145,15 @@ def test_validation_keeps_the_best_checkpoint(tmp_path, synth_root):
     original = trainer.validate_and_keep_best
 
     def spy(step):
-        values.append((step, original(step)))
-        return values[-1][1]
+        out = original(step)
+        values.append((step, out["value"]))
+        return out
 
     trainer.validate_and_keep_best = spy
-    list(trainer.steps())
+    logs = list(trainer.steps())
     assert [s for s, _ in values] == [2, 4]
+    assert [log.validation is not None for log in logs] == [False, True, False, True]
+    assert logs[1].validation["rela"]["gIoU"] == values[0][1]
     best = tmp_path / "run" / "checkpoints" / "best"
     state = json.loads((best / "trainer_state.json").read_text())
     assert state["metric"] == "rela.gIoU" and state["value"] == max(v for _, v in values)
@@ -150,19 +172,22 @@ def test_validation_settings_are_checked(tmp_path, synth_root):
         load_recipe(_recipe(tmp_path, synth_root, val_every=5))
     with pytest.raises(ConfigError, match="best_metric"):
         load_recipe(_recipe(tmp_path, synth_root, best_metric="gIoU"))
+    # the names are checked when the trainer is set up, before the model or the data are built
+    for bad, match in (({"best_metric": "nope.gIoU"}, "unknown scorer"), ({"val_dataset": "coco"}, "val_dataset")):
+        with pytest.raises(ConfigError, match=match):
+            Trainer(load_recipe(_recipe(tmp_path, synth_root, data_root=str(tmp_path / "absent"), **bad)))
     with pytest.raises(ConfigError, match="val_protocol"):
         load_recipe(_recipe(tmp_path, synth_root, val_protocol="oracle"))
 
 
 @pytest.mark.slow
-def test_pretrain_script_writes_tensorboard_scalars(tmp_path, synth_root):
+def test_gsva_train_writes_tensorboard_scalars(tmp_path, synth_root):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    sys.path.insert(0, str(REPO / "train"))
-    import pretrain
+    from gsva.cli import main as gsva_main
 
     recipe = _recipe(tmp_path, synth_root, max_steps=2, save_every=100, val_split="val", val_every=2, val_limit=1)
-    assert pretrain.main(["--config", str(recipe)]) == 0
+    assert gsva_main(["train", "--config", str(recipe)]) == 0
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -455,6 +480,7 @@ def _write_custom_from_grefcoco(gref_dir: Path, image_dir: Path, out: Path) -> i
     return len(entries)
 
 
+@pytest.mark.slow
 def test_custom_data_recipe_fine_tunes_the_default_model_and_validates(tmp_path, standins_root):
     refer = standins_root / "refer_seg"
     _write_custom_from_grefcoco(refer / "grefcoco", refer / "images" / "mscoco" / "images" / "train2014",

@@ -163,7 +163,7 @@ def test_custom_format_reads_expressions_with_and_without_targets(tmp_path):
 # -- the stand-ins and the conversations built from them ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mixture(standins_root):
-    from gsva.engine import tokenizer_corpus
+    from gsva.training.model_setup import tokenizer_corpus
     from gsva.tokenizer_build import train_tokenizer
     from gsva.tokens import add_control_tokens
 

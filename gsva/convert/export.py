@@ -1,9 +1,9 @@
 """Export a checkpoint as a self-contained directory: config + safetensors (sharded when large) + tokenizer, with
 LoRA optionally merged into the base weights.
 
-The official code has no working merge ("merge-lora always fails", official-gsva.md §6). Here each peft LoRA layer
-is folded into its ``nn.Linear`` (W <- W + (alpha / r) B A) and replaced by it; the exported config says
-``lora.rank = 0``, so the result loads as a plain model with the same outputs (tested).
+The official code has no working merge ("merge-lora always fails", a comment in LeapLabTHU/GSVA at 618dc79, ``main.py``,
+``main``). Here each peft LoRA layer is folded into its ``nn.Linear`` (W <- W + (alpha / r) B A) and replaced by it; the
+exported config says ``lora.rank = 0``, so the result loads as a plain model with the same outputs (tested).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError, load_model, save_model
+from ..errors import InputError
 from ..trainable import merge_lora
 
 __all__ = ["export_model", "parse_size"]
@@ -29,10 +30,10 @@ def parse_size(text: str) -> int:
     """"5GB", "500MB", "2GiB", "1048576" -> bytes. Raises ValueError for anything else or a size below 1 byte."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"cannot read the size {text!r} (use e.g. 5GB, 500MB, 2GiB or a byte count)")
+        raise InputError(f"cannot read the size {text!r} (use e.g. 5GB, 500MB, 2GiB or a byte count)")
     size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if size < 1:
-        raise ValueError(f"size {text!r} is below one byte")
+        raise InputError(f"size {text!r} is below one byte")
     return size
 
 

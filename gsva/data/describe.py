@@ -20,11 +20,11 @@ category name, preceded by the ``size`` and ``color`` of its ``attributes`` when
 
 from __future__ import annotations
 
+from ..templates import (ATTRIBUTE_COLOUR_QUESTION, ATTRIBUTE_MANY, ATTRIBUTE_ONE, ATTRIBUTE_SHAPE_QUESTION,
+                         DESCRIBE_MANY, DESCRIBE_NONE, DESCRIBE_ONE, DESCRIBE_QUESTION)
 from .grefcoco import AnnotationError, GRefCOCO
 
 __all__ = ["DESCRIBE_QUESTION", "instance_phrase", "describe_answer", "describe_texts", "attribute_question"]
-
-DESCRIBE_QUESTION = "Describe the objects in this image from left to right."
 
 _ATTRIBUTE_ORDER = ("size", "color")
 
@@ -50,15 +50,14 @@ def describe_answer(gref: GRefCOCO, image_id: int) -> str:
     """
     anns = [gref.anns[a] for a in gref.instance_ids(image_id)]
     if not anns:
-        return " There are no objects."
+        return DESCRIBE_NONE
     try:
         anns.sort(key=lambda a: (a["bbox"][0] + a["bbox"][2] / 2, a["bbox"][1] + a["bbox"][3] / 2))
-        phrases = ", ".join(_with_article(instance_phrase(a, gref.categories)) for a in anns)
+        items = ", ".join(_with_article(instance_phrase(a, gref.categories)) for a in anns)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise AnnotationError(f"{gref.ann_dir / 'instances.json'}: image {image_id}: an annotation lacks a valid "
                               f"bbox or category_id ({exc!r})") from None
-    head = "There is 1 object" if len(anns) == 1 else f"There are {len(anns)} objects"
-    return f" {head}: {phrases}."
+    return DESCRIBE_ONE.format(items=items) if len(anns) == 1 else DESCRIBE_MANY.format(k=len(anns), items=items)
 
 
 def describe_texts(gref: GRefCOCO) -> list[str]:
@@ -84,15 +83,17 @@ def attribute_question(gref: GRefCOCO, image_id: int, rng) -> tuple[str, str] | 
     if rng.random() < 0.5:
         fits = [a for a in anns if a["attributes"]["size"] == size and gref.categories[int(a["category_id"])] == shape]
         phrase, plural = f"{size} {shape}", f"{size} {shape}s"
-        question, values = f"What colour is the {phrase}?", [a["attributes"]["color"] for a in fits]
+        question, values = ATTRIBUTE_COLOUR_QUESTION.format(phrase=phrase), [a["attributes"]["color"] for a in fits]
         item = "{} one".format  # "a red one"
     else:
         fits = [a for a in anns if a["attributes"]["size"] == size and a["attributes"]["color"] == color]
         phrase, plural = f"{size} {color} object", f"{size} {color} objects"
-        question, values = f"What shape is the {phrase}?", [gref.categories[int(a["category_id"])] for a in fits]
+        question = ATTRIBUTE_SHAPE_QUESTION.format(phrase=phrase)
+        values = [gref.categories[int(a["category_id"])] for a in fits]
         item = str  # "a star"
     if len(values) == 1:
         value = values[0] if item is not str else _with_article(values[0])
-        return question, f" The {phrase} is {value}."
+        return question, ATTRIBUTE_ONE.format(phrase=phrase, value=value)
     named = [_with_article(item(v)) for v in values]
-    return question, f" There are {len(values)} {plural}: {', '.join(named[:-1])} and {named[-1]}."
+    return question, ATTRIBUTE_MANY.format(k=len(values), plural=plural, items=", ".join(named[:-1]),
+                                           last=named[-1])

@@ -22,11 +22,12 @@ from torch.utils.data import Dataset
 
 from ..config import GSVAConfig
 from ..conversation import Piece, PromptTooLongError, Turn, answer_pieces, question_text, render_conversation
+from ..errors import InputError
 from ..images import load_image
 from ..tokens import ControlTokenIds
 from .collate import EncodedSample, encode_longest_prefix, encode_sample
 from .describe import DESCRIBE_QUESTION, attribute_question, describe_answer
-from .grefcoco import GRefCOCO
+from .grefcoco import AnnotationError, GRefCOCO
 
 __all__ = ["GRESConversationDataset", "MAX_POINT_PROMPTS"]
 
@@ -50,9 +51,9 @@ class GRESConversationDataset(Dataset):
     def __init__(self, gref: GRefCOCO, split: str, tokenizer, token_ids: ControlTokenIds, config: GSVAConfig,
                  max_targets: int = 5, seed: int = 0, caption_rate: float = 0.0, attribute_rate: float = 0.0) -> None:
         if not 0.0 <= caption_rate < 1.0:
-            raise ValueError(f"caption_rate must be in [0, 1), got {caption_rate}")
+            raise InputError(f"caption_rate must be in [0, 1), got {caption_rate}")
         if not 0.0 <= attribute_rate <= 1.0:
-            raise ValueError(f"attribute_rate must be in [0, 1], got {attribute_rate}")
+            raise InputError(f"attribute_rate must be in [0, 1], got {attribute_rate}")
         self.gref = gref
         self.records = gref.records(split)
         self.tokenizer = tokenizer
@@ -83,7 +84,7 @@ class GRESConversationDataset(Dataset):
         rec = self.records[index]
         image = load_image(self.gref.image_path(rec))
         if image.shape[:2] != (rec.height, rec.width):
-            raise ValueError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
+            raise AnnotationError(f"{rec.file_name}: image is {image.shape[1]}x{image.shape[0]}, annotation says "
                              f"{rec.width}x{rec.height}")
         sample = None
         if self.caption_rate and rng.random() < self.caption_rate:

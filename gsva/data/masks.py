@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..errors import InputError
+
 __all__ = ["decode_segmentation", "encode_rle", "polygon_area_ok"]
 
 
@@ -30,14 +32,14 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
-            raise ValueError(f"RLE size {segmentation['size']} differs from the image size {[height, width]}")
+            raise InputError(f"RLE size {segmentation['size']} differs from the image size {[height, width]}")
         if isinstance(segmentation["counts"], list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             counts = segmentation["counts"]
             rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
     else:
-        raise ValueError(f"unknown segmentation layout: {type(segmentation).__name__}")
+        raise InputError(f"unknown segmentation layout: {type(segmentation).__name__}")
     return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
 
 

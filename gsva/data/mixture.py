@@ -1,8 +1,9 @@
 """The paper's training-data mixture: dataset families drawn by weight, seeded and reproducible.
 
-Official ``MixedTrainingDataset`` (official-gsva.md §4): a family is drawn with probability proportional to its
-weight (paper: semantic segmentation 9, referring segmentation 6, VQA 3, ReasonSeg 1), a dataset uniformly within
-the family, then a record uniformly within the dataset; the index asked for is ignored and nothing is seeded.
+Official ``MixedTrainingDataset`` (LeapLabTHU/GSVA at 618dc79, ``data/dataset.py``): a family is drawn with probability
+proportional to its weight (paper: semantic segmentation 9, referring segmentation 6, VQA 3, ReasonSeg 1), a dataset
+uniformly within the family, then a record uniformly within the dataset; the index asked for is ignored and nothing is
+seeded.
 
 Here every draw is a pure function of ``(seed, position)``: item ``i`` of the mixture is the same whichever process,
 worker or resumed run asks for it, so a run is reproducible and resumes exactly (the sampler position is the data
@@ -21,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import UserError
+
 __all__ = ["PAPER_FAMILY_WEIGHTS", "MixtureDataset", "FullPassDataset", "MixtureError"]
 
 logger = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ PAPER_FAMILY_WEIGHTS = {"sem_seg": 9.0, "refer_seg": 6.0, "vqa": 3.0, "reason_se
 default ``--sample_rates`` is 9,3,3,1)."""
 
 
-class MixtureError(RuntimeError):
+class MixtureError(UserError, RuntimeError):
     """The mixture is misconfigured, or too many consecutive records failed to load."""
 
 

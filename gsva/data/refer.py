@@ -14,11 +14,11 @@ RefCLEF        ``refs(unc).p`` (``refs(berkeley).p``)       never               
 Ref-ZOM        ``Ref_ZOM.p`` (GSVA) or ``refs(final).p``    ``ann_id == []``             train test (+ testA/B/C)
 =============  ===========================================  ===========================  ==========================
 
-(official-gsva.md §4, metrics-data-peers.md §1.4 and §2; GSVA ``data/grefer.py``, ``data/refer.py``,
-``data/refzom.py``.) Pickles are read with :func:`gsva.data.safe_pickle.load_plain_pickle`, never plain
-``pickle.load``. A multi-target mask is the union of the ref's non-crowd instance masks. Ref-ZOM's ``test`` split
-holds every ref whose split contains "test", ``testA``/``testB``/``testC`` those whose split contains that letter
-(GSVA ``REFZOM_REFER.getRefIds``).
+(LeapLabTHU/GSVA at 618dc79, ``data/grefer.py``, ``data/refer.py``, ``data/refzom.py``; henghuiding/ReLA,
+``gres_model/data/datasets/grefer.py``, ``G_REFER``; toggle1995/RIS-DMMI, ``refer/refer.py``.) Pickles are read with
+:func:`gsva.data.safe_pickle.load_plain_pickle`, never plain ``pickle.load``. A multi-target mask is the union of the
+ref's non-crowd instance masks. Ref-ZOM's ``test`` split holds every ref whose split contains "test",
+``testA``/``testB``/``testC`` those whose split contains that letter (GSVA ``REFZOM_REFER.getRefIds``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, UserError
 from .masks import decode_segmentation
 from .safe_pickle import UnsafePickleError, load_plain_pickle
 
@@ -47,7 +48,7 @@ REFS_FILES = {
 """Refs files looked for in ``<refer_seg>/<dataset>/``, first match wins (official loaders force ``unc``/``umd``)."""
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file is missing, unreadable or malformed; the message names the file and the record."""
 
 
@@ -216,7 +217,7 @@ class ReferDataset:
         """Images of ``split`` (sorted by image id) with their expressions. Raises ValueError for an unknown split."""
         chosen = [r for r in self.refs if self._split_match(split, str(r["split"]))]
         if not chosen:
-            raise ValueError(f"split {split!r} not in {self.refs_path} (available: {', '.join(self.splits())})")
+            raise InputError(f"split {split!r} not in {self.refs_path} (available: {', '.join(self.splits())})")
         by_image: dict[int, list[Expression]] = {}
         for ref in chosen:
             raw = self._ann_list(ref)
@@ -258,7 +259,7 @@ def open_refer_dataset(refer_root: str | Path, dataset: str, image_root: str | P
     or :func:`default_image_dir`. Raises ValueError for an unknown dataset, AnnotationError for missing files."""
     root = Path(refer_root)
     if dataset not in REFS_FILES:
-        raise ValueError(f"unknown referring dataset {dataset!r}; known: {', '.join(REFS_FILES)}")
+        raise InputError(f"unknown referring dataset {dataset!r}; known: {', '.join(REFS_FILES)}")
     folder = root / dataset
     names = (refs_file,) if refs_file else REFS_FILES[dataset]
     refs_path = next((folder / n for n in names if (folder / n).exists()), None)

@@ -14,13 +14,15 @@ import io
 import pickle
 from pathlib import Path
 
+from ..errors import UserError
+
 __all__ = ["PlainDataUnpickler", "load_plain_pickle", "UnsafePickleError"]
 
 MAX_PICKLE_BYTES = 2 * 1024**3
 """Larger files are refused (the biggest official refs pickle, RefCOCOg umd, is ~50 MB)."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UserError, pickle.UnpicklingError):
     """The pickle names a class or function (so it is not plain data) or is otherwise unreadable."""
 
 

@@ -1,8 +1,8 @@
 """Readers for the semantic- and part-segmentation sources of the paper's pre-training mixture.
 
-Each reader indexes one dataset in its official on-disk layout under the GSVA ``--dataset_dir`` (official-gsva.md
-§4; GSVA ``data/sem_seg_dataset.py``) and turns image ``i`` into a :class:`SemSegRecord`: the image path and the
-distinct targets present, each a name and a binary mask. Paths are relative to ``dataset_dir``:
+Each reader indexes one dataset in its official on-disk layout under the GSVA ``--dataset_dir`` (LeapLabTHU/GSVA at
+618dc79, ``data/sem_seg_dataset.py``, the ``init_*`` functions) and turns image ``i`` into a :class:`SemSegRecord`: the
+image path and the distinct targets present, each a name and a binary mask. Paths are relative to ``dataset_dir``:
 
 ===========  ====================================================================  ===============================
 dataset      files                                                                 classes
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from .masks import decode_segmentation
 from .refer import AnnotationError, coco_images, read_json
 
@@ -279,5 +280,5 @@ def open_semseg(name: str, dataset_dir: str | Path) -> LabelMapDataset | PartDat
     """Open semantic-segmentation source ``name`` under ``dataset_dir``. Raises ValueError for an unknown name and
     AnnotationError for missing or malformed files."""
     if name not in SEMSEG_DATASETS:
-        raise ValueError(f"unknown semantic segmentation dataset {name!r}; known: {', '.join(SEMSEG_DATASETS)}")
+        raise InputError(f"unknown semantic segmentation dataset {name!r}; known: {', '.join(SEMSEG_DATASETS)}")
     return SEMSEG_DATASETS[name](Path(dataset_dir))

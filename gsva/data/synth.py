@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..errors import InputError
+
 __all__ = ["COLORS", "SHAPES", "SIZES", "FAMILY_WEIGHTS", "ABSENT_RATE", "SceneObject", "Scene", "make_scene",
            "ExpressionFamily", "expression_candidates", "scene_expressions",
            "write_synthetic_grefcoco", "split_of", "image_format", "PNG_SHARE", "JPEG_QUALITY"]
@@ -351,7 +353,7 @@ def write_synthetic_grefcoco(out: str | Path, seed: int = 0, num_images: int = 1
     ``out/grefcoco`` already holds annotations (nothing is overwritten), ValueError for a share outside [0, 1].
     """
     if not 0.0 <= png_share <= 1.0:
-        raise ValueError(f"png_share must be in [0, 1], got {png_share}")
+        raise InputError(f"png_share must be in [0, 1], got {png_share}")
     out = Path(out)
     ann_dir, img_dir = out / "grefcoco", out / "images"
     if (ann_dir / "grefs(unc).json").exists():

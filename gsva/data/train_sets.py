@@ -7,7 +7,8 @@ drawn from ``rng``. ``dataset[i]`` uses ``random.Random(f"{seed}-{i}-{epoch}")``
 (:class:`gsva.data.mixture.MixtureDataset`) passes its own per-draw generator, so a record drawn twice is asked
 about differently. ``texts()`` lists what a from-scratch tokenizer must cover.
 
-Templates (official-gsva.md §3; GSVA ``model/llava/constants.py``):
+Templates (LeapLabTHU/GSVA at 618dc79, ``model/llava/constants.py``, used by ``data/sem_seg_dataset.py``,
+``data/vqa_dataset.py`` and ``data/reason_seg_dataset.py``):
 
 * semantic segmentation: up to ``max_targets`` distinct classes of the image (the official takes exactly
   min(N, #classes)), the GRES question and answer templates with targets joined by "," (no space); always
@@ -25,13 +26,17 @@ from __future__ import annotations
 
 import logging
 import random
+
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..config import GSVAConfig
 from ..conversation import Turn, answer_pieces, question_text, render_conversation, \
     text_answer_pieces
+from ..errors import InputError
 from ..images import load_image
+from ..templates import (EXPLANATORY_QUESTIONS, REASON_ANSWERS, REASON_LONG_QUESTIONS, REASON_SHORT_QUESTIONS,
+                         SEMSEG_SEP)
 from ..tokens import ControlTokenIds
 from .collate import EncodedSample, encode_longest_prefix, encode_sample
 from .reasonseg import ReasonSeg
@@ -45,18 +50,6 @@ __all__ = ["ConversationDataset", "SemSegConversations", "VQAConversations", "Re
 
 logger = logging.getLogger(__name__)
 
-SEMSEG_SEP = ","
-"""Separator of targets in semantic segmentation answers (official ``sem_seg_dataset.py``: ``",".join``)."""
-REASON_SHORT_QUESTIONS = ("Can you segment the {c} in this image?", "Please segment the {c} in this image.",
-                          "What is {c} in this image? Please respond with segmentation mask.",
-                          "What is {c} in this image? Please output segmentation mask.")
-REASON_LONG_QUESTIONS = ("{sent} Please respond with segmentation mask.", "{sent} Please output segmentation mask.")
-REASON_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].",
-                  "[SEG].")
-EXPLANATORY_QUESTIONS = ("Please output segmentation mask and explain why.",
-                         "Please output segmentation mask and explain the reason.",
-                         "Please output segmentation mask and give some explaination.")  # sic, official text
-
 
 class ConversationDataset(Dataset):
     """Base: ``__getitem__(i)`` = ``sample(i, Random(f"{seed}-{i}-{epoch}"))``; subclasses implement ``sample`` and
@@ -67,7 +60,7 @@ class ConversationDataset(Dataset):
     def __init__(self, tokenizer, token_ids: ControlTokenIds, config: GSVAConfig, max_targets: int = 5,
                  seed: int = 0) -> None:
         if max_targets < 1:
-            raise ValueError("max_targets must be >= 1")
+            raise InputError("max_targets must be >= 1")
         self.tokenizer, self.token_ids, self.config = tokenizer, token_ids, config
         self.max_targets, self.seed, self.epoch = max_targets, seed, 0
 
@@ -162,7 +155,7 @@ class ReasonSegConversations(ConversationDataset):
                  explanatory: float = 0.1) -> None:
         super().__init__(tokenizer, token_ids, config, max_targets, seed)
         if not 0.0 <= explanatory <= 1.0:
-            raise ValueError(f"explanatory must be in [0, 1], got {explanatory}")
+            raise InputError(f"explanatory must be in [0, 1], got {explanatory}")
         self.sources = list(sources)
         self.records = [(s, r) for s in self.sources for r in s.records()]
         self.explanations = dict(explanations)

@@ -1,6 +1,6 @@
 """Opening the paper's training datasets by name, in the official ``--dataset_dir`` layout, as conversation datasets.
 
-A data spec maps family -> dataset names (official-gsva.md §4; GSVA ``main.py`` ``--sem_seg_data``,
+A data spec maps family -> dataset names (LeapLabTHU/GSVA at 618dc79, ``main.py``, ``parse_args``: ``--sem_seg_data``,
 ``--refer_seg_data``, ``--vqa_data``, ``--reason_seg_data``)::
 
     sem_seg:    ade20k, cocostuff, mapillary, paco_lvis, pascal_part          (<dataset_dir>/..., gsva.data.semseg)
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import GSVAConfig
+from ..errors import InputError
 from ..tokens import ControlTokenIds
 from .gres_dataset import GRESConversationDataset
 from .reasonseg import ReasonSeg, read_explanations
@@ -57,21 +58,21 @@ class ReasonSegSource:
 def validate_spec(spec: Mapping[str, Sequence[str]]) -> None:
     """Raise ValueError for an unknown family or dataset name, or an empty family."""
     if not isinstance(spec, Mapping) or not spec:
-        raise ValueError("expected a non-empty mapping {family: [dataset names]}")
+        raise InputError("expected a non-empty mapping {family: [dataset names]}")
     for family, names in spec.items():
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"{family}: expected a list of dataset names, got {names!r}")
+            raise InputError(f"{family}: expected a list of dataset names, got {names!r}")
         if family not in FAMILIES:
-            raise ValueError(f"unknown dataset family {family!r}; known: {', '.join(FAMILIES)}")
+            raise InputError(f"unknown dataset family {family!r}; known: {', '.join(FAMILIES)}")
         if not names:
-            raise ValueError(f"family {family!r} lists no dataset")
+            raise InputError(f"family {family!r} lists no dataset")
         for name in names:
             ok = {"sem_seg": lambda n: n in SEMSEG_DATASETS,
                   "refer_seg": lambda n: n in REFS_FILES or (n.startswith("custom:") and len(n) > 7),
                   "vqa": lambda n: bool(n) and "/" not in n,
                   "reason_seg": lambda n: n.count("|") == 1 and all(n.split("|"))}[family](name)
             if not ok:
-                raise ValueError(f"{family}: unknown dataset {name!r} (see gsva.data.training_mix)")
+                raise InputError(f"{family}: unknown dataset {name!r} (see gsva.data.training_mix)")
 
 
 def _open_reason_seg(dataset_dir: Path, name: str) -> ReasonSegSource:

@@ -1,6 +1,6 @@
 """Evaluation: benchmarks in their real formats, the generate and teacher-forced protocols, prompt styles and modes.
 
-Entry script: ``eval/evaluate.py``; metric definitions: :mod:`gsva.scoring`.
+Command: ``gsva eval`` (:mod:`gsva.evaluation.command`); metric definitions: :mod:`gsva.scoring`.
 """
 
 from .benchmarks import DATASETS, Benchmark, EvalExpression, EvalImage, open_benchmark

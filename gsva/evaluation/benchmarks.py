@@ -1,7 +1,8 @@
 """Benchmarks as lists of images with expressions, whatever the on-disk format.
 
 :func:`open_benchmark` maps a dataset name and a data root to :class:`Benchmark`. The data root follows GSVA's
-``refer_seg`` layout (official-gsva.md §4), with fallbacks for the flat layout our synthetic data uses::
+``refer_seg`` layout (LeapLabTHU/GSVA at 618dc79, README.md and ``data/dataset.py``, ``ValDataset.__init__``), with
+fallbacks for the flat layout our synthetic data uses::
 
     <root>/grefcoco/{grefs(unc).json | grefs(unc).p, instances.json}
     <root>/refcoco/{refs(unc).p, instances.json}      (refcoco+, refcocog: refs(umd).p, refclef)
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..data.reasonseg import ReasonSeg
 from ..data.refer import AnnotationError, open_custom_dataset, open_refer_dataset
+from ..errors import InputError
 
 __all__ = ["EvalExpression", "EvalImage", "Benchmark", "open_benchmark", "DATASETS"]
 
@@ -84,7 +86,7 @@ def open_benchmark(dataset: str, data_root: str | Path, split: str, image_root: 
     """
     root = Path(data_root)
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if dataset == "reasonseg":
         folder = _first_existing([root / "reason_seg" / "ReasonSeg" / split, root / "ReasonSeg" / split,
                                   root / split])

@@ -1,4 +1,4 @@
-"""Printing and writing evaluation results (shared by ``eval/evaluate.py`` and ``gsva score``)."""
+"""Printing and writing evaluation results (shared by ``gsva eval`` and ``gsva score``)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..conversation import PromptTooLongError, Turn, render_conversation, tokenize_pieces
 from ..data.masks import encode_rle
+from ..errors import InputError
 from ..images import load_image
 from ..inference import GSVAPredictor, QuestionError
 from ..scoring import DEFAULT_SCORERS, sample_from_row, score_samples
@@ -86,11 +87,11 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
     :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise InputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if prompt_mode not in PROMPT_MODES:
-        raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
+        raise InputError(f"prompt mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
     if batch_size < 1 or (protocol == "generate" and batch_size != 1):
-        raise ValueError("batch size must be >= 1, and 1 for the generate protocol (greedy decoding answers one "
+        raise InputError("batch size must be >= 1, and 1 for the generate protocol (greedy decoding answers one "
                          f"question at a time); got {batch_size}")
     rank, world = shard
     images = benchmark.images[:limit] if limit else benchmark.images

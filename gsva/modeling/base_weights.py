@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import ConfigError
+
 __all__ = ["ADDED_ROWS_KEY", "is_base_key", "attach_base", "train_added_rows_only", "init_slot_rows",
            "separator_token_id", "own_state_dict", "word_token_ids"]
 
@@ -87,7 +89,7 @@ def word_token_ids(tokenizer, groups: list[list[str]]) -> list[int]:
         for word in group:
             pieces = tokenizer(" " + word, add_special_tokens=False).input_ids
             if not pieces:
-                raise ValueError(f"the tokenizer encodes {word!r} to nothing")
+                raise ConfigError(f"the tokenizer encodes {word!r} to nothing")
             ids.append(pieces[0])
     return ids
 
@@ -108,7 +110,7 @@ def init_slot_rows(model, tokenizer, words: list[str]) -> None:
     Raises ValueError unless exactly two words are given.
     """
     if len(words) != 2:
-        raise ValueError(f"slot_row_words needs two words ([SEG], [REJ]), got {words!r}")
+        raise ConfigError(f"slot_row_words needs two words ([SEG], [REJ]), got {words!r}")
     seg_word, rej_word = word_token_ids(tokenizer, [list(words)])
     embed = model.mllm.get_input_embeddings().weight
     with torch.no_grad():

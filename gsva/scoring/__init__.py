@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..errors import InputError
 from .base import Scorer
 from .dmmi import DMMIScorer
 from .gsva_eval import GSVAScorer
@@ -51,7 +52,7 @@ def make_scorer(name: str, dataset: str | None = None, dmmi_resize: int | None =
     Raises ValueError for an unknown name.
     """
     if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+        raise InputError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
     if name == "gsva":
         return GSVAScorer(add_fn_union=dataset != "refzom")
     if name == "dmmi":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .rows import ScoredSample
 
 __all__ = ["calibrate", "plot_calibration", "DEFAULT_THRESHOLDS"]
@@ -46,7 +47,7 @@ def calibrate(samples: Iterable[ScoredSample], thresholds: Iterable[float] = DEF
     """
     thresholds = sorted(float(t) for t in thresholds)
     if not thresholds or thresholds[0] < 0 or thresholds[-1] > 1:
-        raise ValueError(f"thresholds must be a non-empty list of values in [0, 1], got {thresholds}")
+        raise InputError(f"thresholds must be a non-empty list of values in [0, 1], got {thresholds}")
     empty, score, fixed, inter, union = [], [], [], [], []
     for s in samples:
         empty.append(s.gt_empty)
@@ -55,7 +56,7 @@ def calibrate(samples: Iterable[ScoredSample], thresholds: Iterable[float] = DEF
         inter.append(int(np.logical_and(s.pred, s.gt).sum()))
         union.append(int(np.logical_or(s.pred, s.gt).sum()))
     if not empty:
-        raise ValueError("no predictions to calibrate")
+        raise InputError("no predictions to calibrate")
     empty, fixed = np.array(empty), np.array(fixed)
     score, inter, union = (np.array(a, dtype=np.float64) for a in (score, inter, union))
     has_score = ~np.isnan(score)

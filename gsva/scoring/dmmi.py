@@ -1,4 +1,4 @@
-"""Ref-ZOM metrics: DMMI's ``test.py`` ``evaluate()`` (toggle1995/RIS-DMMI; metrics-data-peers.md §2).
+"""Ref-ZOM metrics: DMMI's ``test.py`` ``evaluate()`` (toggle1995/RIS-DMMI at 753cd60).
 
 The prediction is the slot's mask, or an empty mask when the slot is rejected (DMMI has no rejection flag: an empty
 mask *is* its "no target" answer).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from .base import Scorer
 from .rows import ScoredSample
 
@@ -36,7 +37,7 @@ class DMMIScorer(Scorer):
 
     def __init__(self, resize: int | None = None, thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)) -> None:
         if resize is not None and resize < 1:
-            raise ValueError(f"resize must be a positive size in pixels, got {resize}")
+            raise InputError(f"resize must be a positive size in pixels, got {resize}")
         self.resize = resize
         self.thresholds = thresholds
         self.inter = 0

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ..data.masks import decode_segmentation
+from ..errors import UserError
 
 __all__ = ["PredictionError", "ScoredSample", "REQUIRED_KEYS", "sample_from_row", "read_predictions"]
 
 REQUIRED_KEYS = ("id", "image_id", "gt_empty", "pred_reject", "score", "gt_mask", "pred_mask")
 
 
-class PredictionError(ValueError):
+class PredictionError(UserError, ValueError):
     """A predictions file or line is malformed; the message names the file and the line."""
 
 

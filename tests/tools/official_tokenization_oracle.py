@@ -1,12 +1,13 @@
 """Regenerate ``tests/data/official_tokenization_4.44.2.json``: the official GSVA tokenization, by transformers
 4.44.2 itself, of the prompts of ``tests/legacy_cases.py`` on the sentencepiece model of ``tests/legacy_llama.py``.
 
-Run it in an environment with the official code's tokenizer stack and without our package's transformers::
+Run it from the repository root, in an environment with the official code's tokenizer stack and without our
+package's transformers::
 
     python3 -m venv "$ORACLE_VENV" && "$ORACLE_VENV/bin/pip" install transformers==4.44.2 tokenizers==0.19.1 \\
         sentencepiece==0.2.3 protobuf
-    python tests/tools/official_tokenization_oracle.py --dump-inputs inputs.json   # our venv: cases + model
-    "$ORACLE_VENV/bin/python" tests/tools/official_tokenization_oracle.py --oracle inputs.json \\
+    python -m tests.tools.official_tokenization_oracle --dump-inputs inputs.json   # our venv: cases + model
+    "$ORACLE_VENV/bin/python" -m tests.tools.official_tokenization_oracle --oracle inputs.json \\
         > tests/data/official_tokenization_4.44.2.json
 
 The oracle side sets the tokenizer up as GSVA ``main.py`` does (``AutoTokenizer(use_fast=False)``, pad = unk,
@@ -24,7 +25,6 @@ import tempfile
 
 
 def dump_inputs(path: str) -> None:
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
     from tests.legacy_cases import prompt_cases
     from tests.legacy_llama import build_llama_sentencepiece
 

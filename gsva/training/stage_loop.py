@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .devices import autocast_for, resolve_device, to_device
+from ..devices import autocast_for, resolve_device, to_device
+from .schedule import warmup_linear_decay
 
 __all__ = ["StageRecipe", "StageTrainer", "load_stage_weights"]
 
@@ -57,8 +58,8 @@ class StageRecipe:
 
     def validate(self):
         """Check the shared fields; return ``self``. Raises :class:`gsva.config.ConfigError`."""
-        from .config import ConfigError, get_named_config
-        from .devices import check_device_name
+        from ..config import ConfigError, get_named_config
+        from ..devices import check_device_name
 
         for name in ("max_steps", "batch_size", "log_every", "save_every", "val_images"):
             if getattr(self, name) < 1:
@@ -73,7 +74,7 @@ class StageRecipe:
 def load_stage_weights(model: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> None:
     """Copy a stage's safetensors output into ``model``: exactly the model keys that start with one of
     ``prefixes``, with the same shapes. Raises :class:`gsva.checkpoint.CheckpointError`."""
-    from .checkpoint import CheckpointError, _check_keys
+    from ..checkpoint import CheckpointError, _check_keys
 
     try:
         state = load_file(str(path))
@@ -98,9 +99,9 @@ class StageTrainer:
     stage = "stage"
 
     def _open(self, recipe) -> None:
-        from .config import get_named_config
-        from .data.grefcoco import GRefCOCO
-        from .data.refer import default_image_dir
+        from ..config import get_named_config
+        from ..data.grefcoco import GRefCOCO
+        from ..data.refer import default_image_dir
 
         if recipe.torch_threads:
             torch.set_num_threads(recipe.torch_threads)
@@ -129,9 +130,7 @@ class StageTrainer:
         self.out = Path(recipe.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        warm, total = recipe.warmup_steps, recipe.max_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, 1 - (s - warm) / max(1, total - warm)))
+        self.scheduler = warmup_linear_decay(self.optimizer, recipe.warmup_steps, recipe.max_steps)
         self.step = 0
         state_path = self.out / "state.pt"
         if state_path.is_file():
