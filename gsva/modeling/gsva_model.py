@@ -146,6 +146,12 @@ class GSVAModel(nn.Module):
                                              past_key_values=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, out.past_key_values
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LLaMA layers' activations in the backward pass instead of storing them (transformers'
+        ``gradient_checkpointing_enable``, non-reentrant): less memory, about a third more compute."""
+        self.mllm.model.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) hidden states -> (..., V) next-token logits."""
         return self.mllm.lm_head(hidden)

@@ -21,6 +21,9 @@ Small GPUs: ``deepspeed_config=ds_configs/zero2_offload.json`` (optimizer state 
 A run resumes by itself from the newest complete checkpoint in ``output_dir``. The final model is written to
 ``<output_dir>/final`` in the GSVA checkpoint format (loads in ``gsva predict --model`` and the app). A bad recipe
 exits with status 2 and one ``error:`` line.
+
+The command is the recipe in three parts, as torchtune's recipes: :func:`setup` (recipe, process group, trainer),
+:func:`train` (the steps of :meth:`gsva.training.trainer.Trainer.steps`, logged) and :func:`save` (the final model).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "setup", "train", "save"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,10 +56,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    trainer, metrics = setup(args)
+    train(trainer, metrics)
+    save(trainer, metrics)
+    return 0
+
+
+def setup(args: argparse.Namespace):
+    """Read the recipe, join the DeepSpeed process group when launched by it, build the :class:`Trainer` (resuming
+    from the newest complete checkpoint) and, on rank 0, the metrics logger."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "cuda")
-    from tqdm import tqdm
-
     from .metrics_logger import MetricsLogger
     from .recipe import load_recipe
     from .trainer import Trainer
@@ -70,11 +80,19 @@ def _train(args: argparse.Namespace) -> int:
         deepspeed.init_distributed(dist_backend="gloo" if os.environ.get("DS_ACCELERATOR") == "cpu" else None)
     trainer = Trainer(recipe, use_deepspeed=use_deepspeed)
     recipe = trainer.recipe  # ``epochs`` resolved to max_steps
-    log = logging.getLogger("train")
     metrics = None
     if trainer.rank == 0:
         metrics = MetricsLogger(Path(recipe.output_dir) / "tensorboard" if recipe.tensorboard else None,
                                 recipe.wandb_project, dataclasses.asdict(recipe))
+    return trainer, metrics
+
+
+def train(trainer, metrics) -> None:
+    """Run the steps, with a progress bar, a log line every ``log_every`` steps and the metrics of each step."""
+    from tqdm import tqdm
+
+    recipe = trainer.recipe
+    log = logging.getLogger("train")
     bar = tqdm(total=recipe.max_steps, initial=trainer.start_step, disable=trainer.rank != 0, dynamic_ncols=True)
     start = time.time()
     for entry in trainer.steps():
@@ -88,9 +106,12 @@ def _train(args: argparse.Namespace) -> int:
                      entry.point_mask, entry.pointer, entry.lr, entry.num_masks, entry.bad_records,
                      time.time() - start)
     bar.close()
+
+
+def save(trainer, metrics) -> None:
+    """Write ``<output_dir>/final`` (all ranks take part) and close the metrics logger."""
     if metrics is not None:
         metrics.close()
     final = trainer.save_final()
     if trainer.rank == 0:
-        log.info("final model written to %s", final)
-    return 0
+        logging.getLogger("train").info("final model written to %s", final)

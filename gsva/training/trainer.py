@@ -96,8 +96,7 @@ class Trainer:
             self.model.to(resolve_device(recipe.device))
         logger.info("training on %s", self.model.device)
         if recipe.gradient_checkpointing:
-            self.model.mllm.model.language_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_gradient_checkpointing()
         self.dataset = build_dataset(recipe, self.gref, sources, self.tokenizer, self.model.config, self.world)
         if recipe.epochs is not None:
             per_epoch = max(1, self._batches_per_epoch() // recipe.grad_accum)
