@@ -279,6 +279,10 @@ class GSVAConfig:
     ``seg_prompt`` is how a [SEG] prompts SAM: ``"embedding"`` (the paper: its projected hidden state is the only
     sparse prompt) or ``"embedding_and_object_box"`` (ours, for ``projector_type="object_words"``: an object pointer
     also picks the image objects the [SEG] names and adds their boxes; :mod:`gsva.modeling.object_pointer`).
+    ``reject_threshold``: where the answer has a slot, it is ``[SEG]`` when the slot score
+    s = P([SEG]) / (P([SEG]) + P([REJ])) (probabilities of the next-token softmax) is at least this value, else
+    ``[REJ]``; a probability in [0, 1], chosen on held-out data with :mod:`gsva.scoring.calibration`. None: the
+    greedy choice, which is the same as 0.5.
     """
 
     name: str = "gsva-vicuna-7b"
@@ -292,6 +296,7 @@ class GSVAConfig:
     use_im_start_end: bool = True
     max_length: int = 1024
     seg_prompt: str = "embedding"
+    reject_threshold: float | None = None
 
     @property
     def num_image_tokens(self) -> int:
@@ -303,6 +308,9 @@ class GSVAConfig:
         self.text.validate()
         self.sam.validate()
         self.lora.validate()
+        t = self.reject_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0):
+            raise ConfigError(f"reject_threshold must be null or a probability in [0, 1], got {t!r}")
         if self.conv_template not in ("llava_v1", "chatml"):
             raise ConfigError(f"conv_template {self.conv_template!r} is not supported ('llava_v1' or 'chatml')")
         if self.max_length <= self.num_image_tokens + 8:

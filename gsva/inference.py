@@ -119,12 +119,20 @@ class GSVAPredictor:
             pass). 8 with the answer hint (benchmarks/three_targets.py, shipped gsva-smol, fp32, 2 threads, 100
             scenes, the same machine): median 1.24 s and 5 passes per question, against 3.36 s and 18 passes with 3
             prompt-only drafts and no cached prefix before.
+        reject_threshold: a slot the answer reaches is ``[SEG]`` when P([SEG]) / (P([SEG]) + P([REJ])) is at least
+            this probability, else ``[REJ]`` (None: the model config's ``reject_threshold``; both None: greedy, the
+            same as 0.5). Raises InputError outside [0, 1].
     """
 
     def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0,
-                 draft_tokens: int = 8) -> None:
+                 draft_tokens: int = 8, reject_threshold: float | None = None) -> None:
         if draft_tokens < 0:
             raise InputError(f"draft_tokens must be >= 0, got {draft_tokens}")
+        if reject_threshold is None:
+            reject_threshold = model.config.reject_threshold
+        if reject_threshold is not None and not 0.0 <= reject_threshold <= 1.0:
+            raise InputError(f"reject_threshold must be a probability in [0, 1], got {reject_threshold}")
+        self.reject_threshold = reject_threshold
         self.model = model.eval()
         self.draft_tokens = draft_tokens
         self.tokenizer = tokenizer
@@ -290,7 +298,8 @@ class GSVAPredictor:
 
         Each step feeds the last chosen token plus up to ``draft_tokens`` ids copied from the prompt in one forward
         pass; a drafted id is kept while it equals the argmax of the logits at its position, so the answer is the
-        greedy answer (up to floating-point differences between a one-token and a several-token pass).
+        greedy answer (up to floating-point differences between a one-token and a several-token pass); where the greedy
+        id is ``[SEG]`` or ``[REJ]``, ``reject_threshold`` (when set) picks between the two.
         """
         from transformers import DynamicCache
 
@@ -332,8 +341,11 @@ class GSVAPredictor:
             if token in (self.ids.seg, self.ids.rej):
                 probs = torch.softmax(step_logits, -1)
                 p_seg, p_rej = float(probs[self.ids.seg]), float(probs[self.ids.rej])
+                score = p_seg / max(p_seg + p_rej, 1e-12)
+                if self.reject_threshold is not None:  # the slot's decision by the calibrated threshold
+                    token = self.ids.seg if score >= self.reject_threshold else self.ids.rej
                 states.append(state)
-                scores.append(p_seg / max(p_seg + p_rej, 1e-12))
+                scores.append(score)
                 is_seg.append(token == self.ids.seg)
             return token
 

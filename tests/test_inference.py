@@ -163,3 +163,43 @@ def test_drafted_decoding_gives_the_one_token_answer():
             if a.mask is not None:
                 assert (a.mask != b.mask).mean() < 1e-3
     assert passes["drafted"] < passes["one"], passes
+
+
+def test_reject_threshold_decides_the_slots_and_0_5_is_greedy():
+    """reject_threshold picks [SEG] or [REJ] by the slot score: 0 accepts every slot, a threshold above every score
+    rejects every slot (the answer text says so), 0.5 gives the greedy answer; the config's value is the default."""
+    import dataclasses
+
+    from gsva.config import ConfigError
+    from gsva.data.synth import make_scene, scene_expressions
+    from gsva.errors import InputError
+
+    base = GSVAPredictor.from_pretrained(default_model_dir().parent / "gsva-tiny")
+    assert base.reject_threshold is None
+    seen = {"seg": 0, "rej": 0}
+    for scene_index in range(2):
+        scene = make_scene(2024, scene_index)
+        phrases = [p for p, _ in scene_expressions(scene, 2024, scene_index)][:3]
+        question = "What are " + ", ".join(phrases) + " in this image?"
+        encoded = base.encode_image(scene.image)
+        greedy = base.answer(encoded, [], question)[0]
+        for t in greedy.targets:
+            seen[t.status] += 1
+        for tau in (0.0, 0.5, 1.0):
+            answer = GSVAPredictor(base.model, base.tokenizer, reject_threshold=tau).answer(encoded, [], question)[0]
+            assert answer.targets and all((t.status == "seg") == (t.score >= tau) for t in answer.targets), tau
+            assert all((t.mask is not None) == (t.status == "seg") for t in answer.targets)
+            assert answer.text.count("[SEG]") + answer.text.count("[REJ]") == len(answer.targets)
+            if tau == 0.5:
+                assert answer.text == greedy.text
+            if tau == 0.0:
+                assert "[REJ]" not in answer.text
+    assert seen["seg"] and seen["rej"], seen  # greedy answers both ways here, so the thresholds change decisions
+    config = dataclasses.replace(base.model.config, reject_threshold=0.7)
+    assert dataclasses.replace(config).validate().reject_threshold == 0.7
+    base.model.config = config
+    assert GSVAPredictor(base.model, base.tokenizer).reject_threshold == 0.7
+    with pytest.raises(ConfigError, match="reject_threshold"):
+        dataclasses.replace(config, reject_threshold=1.5).validate()
+    with pytest.raises(InputError, match="reject_threshold"):
+        GSVAPredictor(base.model, base.tokenizer, reject_threshold=-0.1)
