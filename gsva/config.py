@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,7 +379,13 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""A number YAML 1.1 (PyYAML) reads as a string: an exponent without a dot in the mantissa, e.g. ``1e-4``."""
+
+
 def _check_type(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, float) and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+        value = float(value)  # `lr: 1e-4` in a recipe, or the override lr=1e-4
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):

@@ -76,3 +76,15 @@ def test_validator_checks_names_and_knows_when_it_is_due():
         Validator(TrainRecipe(best_metric="nope.gIoU").validate())
     with pytest.raises(ConfigError, match="val_dataset"):
         Validator(TrainRecipe(val_dataset="coco").validate())
+
+
+def test_recipe_reads_exponent_floats_that_yaml_1_1_leaves_as_strings(tmp_path):
+    from gsva.training import load_recipe
+
+    (tmp_path / "r.yaml").write_text("lr: 5e-4\nweight_decay: 0\n")
+    recipe = load_recipe(tmp_path / "r.yaml", ["warmup_steps=3", "grad_clip=2E+0"])
+    assert (recipe.lr, recipe.grad_clip, recipe.weight_decay) == (5e-4, 2.0, 0.0)
+    assert load_recipe(tmp_path / "r.yaml", ["lr=1e-4"]).lr == 1e-4
+    for bad in ("lr=fast", "lr=1e", "max_steps=1e3"):  # not a number, and an int field stays an int
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_recipe(tmp_path / "r.yaml", [bad])
