@@ -5,9 +5,12 @@
     torchrun --nproc_per_node N eval/evaluate.py ...      # shards images over N processes, same output
 """
 
+import os
 import sys
 
-from gsva.evaluation.command import main
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported (it reads the variable once)
+
+from gsva.evaluation.command import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

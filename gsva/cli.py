@@ -76,8 +76,12 @@ def _score(args: argparse.Namespace) -> int:
     from .evaluation.report import format_table, write_calibration
     from .scoring import DEFAULT_SCORERS, SCORERS, read_predictions, score_samples
 
-    saved = args.predictions.parent / "metrics.json"  # written next to it by `gsva eval`
-    saved = json.loads(saved.read_text()) if saved.is_file() else {}
+    metrics_path = args.predictions.parent / "metrics.json"  # written next to it by `gsva eval`
+    try:
+        saved = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    except (ValueError, OSError) as exc:  # truncated or not UTF-8
+        raise InputError(f"{metrics_path}: not a readable metrics.json ({exc}); pass --dataset and --scorer, or remove "
+                         "it") from None
     dataset = args.dataset or saved.get("dataset")
     dmmi_resize = args.dmmi_resize if args.dmmi_resize is not None else saved.get("dmmi_resize")
     if args.scorer:
@@ -248,6 +252,7 @@ FORWARDED = {"train": "gsva.training.command", "eval": "gsva.evaluation.command"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub, which reads it once
     if argv and argv[0] in FORWARDED:
         import importlib
 

@@ -186,6 +186,12 @@ def test_release_with_wrong_vocabulary_or_lora_shapes(release, tmp_path):
     torch.save(bigger, tmp_path / "vocab.bin")
     with pytest.raises(CheckpointError, match="embed_tokens.weight has .* rows .* wrong LLaVA tokenizer"):
         convert_gsva_release(tmp_path / "vocab.bin", root / "base", root / "sam.pth", tmp_path / "o", cfg)
+    wider = dict(state)
+    for key in ("base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"):
+        wider[key] = torch.zeros(state[key].shape[0], state[key].shape[1] * 2)  # weights of a wider model
+    torch.save(wider, tmp_path / "width.bin")
+    with pytest.raises(CheckpointError, match="embed_tokens.weight has width .* another model size"):
+        convert_gsva_release(tmp_path / "width.bin", root / "base", root / "sam.pth", tmp_path / "o", cfg)
     mixed = dict(state)
     key = next(k for k in state if k.endswith("q_proj.lora_A.default.weight"))
     mixed[key] = torch.zeros(RANK * 2, state[key].shape[1])  # one adapter of another rank

@@ -57,3 +57,7 @@ def test_train_and_eval_subcommands_report_bad_input_in_one_line(tmp_path, capsy
     (tmp_path / "p.jsonl").write_text("")
     assert gsva_main(["score", "--predictions", str(tmp_path / "p.jsonl"), "--scorer", "nope"]) == 2
     assert "unknown scorer(s) nope" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text('{"dataset": "grefc')  # a run killed while writing it
+    assert gsva_main(["score", "--predictions", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "metrics.json" in err and err.count("\n") == 1

@@ -195,6 +195,14 @@ def test_reject_threshold_decides_the_slots_and_0_5_is_greedy():
             if tau == 0.0:
                 assert "[REJ]" not in answer.text
     assert seen["seg"] and seen["rej"], seen  # greedy answers both ways here, so the thresholds change decisions
+    from gsva.evaluation.prompts import refer_answer, refer_question  # teacher forcing decides the same way
+    from gsva.evaluation.protocols import teacher_forced_outcomes
+
+    present = [True, False, True]
+    case = (scene.image, refer_question(phrases), refer_answer(phrases, present), present)
+    for tau in (0.0, 0.5, 1.0):
+        outcomes = teacher_forced_outcomes(GSVAPredictor(base.model, base.tokenizer, reject_threshold=tau), [case])[0]
+        assert [o.pred_reject for o in outcomes] == [o.score < tau for o in outcomes], tau
     config = dataclasses.replace(base.model.config, reject_threshold=0.7)
     assert dataclasses.replace(config).validate().reject_threshold == 0.7
     base.model.config = config

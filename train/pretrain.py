@@ -5,9 +5,12 @@ that take a script path (``deepspeed train/pretrain.py ...``, ``torchrun train/p
     deepspeed --num_gpus 1 train/pretrain.py --config train/configs/gsva_tiny_synth.yaml
 """
 
+import os
 import sys
 
-from gsva.training.command import main
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported (it reads the variable once)
+
+from gsva.training.command import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -146,6 +146,9 @@ def convert_gsva_release(weights: str | Path, llava_dir: str | Path, sam_checkpo
                 raise CheckpointError(f"{weights}: {key} has {rows} rows but the extended tokenizer places "
                                       f"[SEG]/[REJ]/<im_start>/<im_end> at ids up to {model.token_ids.im_end} and has "
                                       f"{ours[key].shape[0]} entries: wrong LLaVA tokenizer?")
+            if tuple(mapped[key].shape[1:]) != tuple(ours[key].shape[1:]):
+                raise CheckpointError(f"{weights}: {key} has width {tuple(mapped[key].shape[1:])}, the config "
+                                      f"{tuple(ours[key].shape[1:])}: weights of another model size (--config)?")
             full = torch.zeros_like(ours[key], dtype=mapped[key].dtype)
             full[:rows] = mapped[key]
             mapped[key] = full

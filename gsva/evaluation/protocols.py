@@ -125,6 +125,8 @@ def teacher_forced_outcomes(predictor: GSVAPredictor, conversations: list[tuple[
     score = (p_seg / (p_seg + p_rej).clamp_min(1e-12)).tolist()
     gt_seg = slots.is_seg.tolist()
     reject = [(int(a) != ids.seg) if g else (int(a) == ids.rej) for a, g in zip(argmax, gt_seg)]
+    if predictor.reject_threshold is not None:  # the calibrated decision generation makes (GSVAPredictor)
+        reject = [s < predictor.reject_threshold for s in score]
     # re-evaluation pass: every slot as [SEG], masks for all of them
     reeval_ids = batch.input_ids.masked_fill(batch.input_ids == ids.rej, ids.seg)
     hidden2, _ = model.language_forward(model.embed_inputs(reeval_ids, feats), batch.attention_mask)

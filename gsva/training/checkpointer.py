@@ -83,7 +83,7 @@ class Checkpointer:
         """Write ``checkpoints/best`` when ``value`` beats the stored best (higher is better; None never does).
         The state file goes in with the weights: a crash leaves the old best or the complete new one."""
         previous = self.best_value()
-        if value is None or (previous is not None and value <= previous):
+        if value is None or (previous is not None and not value > previous):  # NaN never becomes the best
             return False
         save_model(model, tokenizer, self.output_dir / "checkpoints" / "best", extra_files={
             "trainer_state.json": json.dumps({"step": step, "metric": metric, "value": value,
