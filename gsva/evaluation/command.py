@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and evaluate; 0 on success, 2 on a user error (one ``error:`` line)."""
     from ..errors import report_user_errors
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args = parser.parse_args(argv)
     return report_user_errors(lambda: _evaluate(parser, args))

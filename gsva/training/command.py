@@ -65,7 +65,6 @@ def _train(args: argparse.Namespace) -> int:
 def setup(args: argparse.Namespace):
     """Read the recipe, join the DeepSpeed process group when launched by it, build the :class:`Trainer` (resuming
     from the newest complete checkpoint) and, on rank 0, the metrics logger."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "cuda")
     from .metrics_logger import MetricsLogger
     from .recipe import load_recipe

@@ -36,6 +36,7 @@ __all__ = ["Trainer", "StepLog"]
 logger = logging.getLogger(__name__)
 
 LOSS_FIELDS = ("loss", "ce", "mask_bce", "mask_dice", "point_mask", "pointer")
+"""The StepLog fields of the loss terms, in the order the step loop sums them."""
 
 
 @dataclass
@@ -187,13 +188,10 @@ class Trainer:
             validation = None
             if self.validator.due(step):
                 validation = self.validate_and_keep_best(step)
-            yield StepLog(step, *[float(v) for v in sums / r.grad_accum], lr=lr, num_masks=masks, skipped=bad,
+            means = {name: float(v) for name, v in zip(LOSS_FIELDS, sums / r.grad_accum)}
+            yield StepLog(step, **means, lr=lr, num_masks=masks, skipped=bad,
                           bad_records=self.bad_records,
                           validation=None if validation is None else validation["results"])
-
-    def validate(self) -> dict:
-        """Evaluate the current weights on the validation split: ``{scorer: {metric: value}}`` (call on rank 0)."""
-        return self.validator.run(self.model, self.tokenizer)
 
     def validate_and_keep_best(self, step: int) -> dict | None:
         """Validate (rank 0) and write ``checkpoints/best`` when ``best_metric`` improved. Returns
