@@ -88,3 +88,22 @@ def test_recipe_reads_exponent_floats_that_yaml_1_1_leaves_as_strings(tmp_path):
     for bad in ("lr=fast", "lr=1e", "max_steps=1e3"):  # not a number, and an int field stays an int
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_recipe(tmp_path / "r.yaml", [bad])
+
+
+def test_init_from_takes_loss_overrides_and_refuses_architecture_ones(tmp_path, micro_model, tokenizer):
+    from gsva.checkpoint import save_model
+    from gsva.training.model_setup import build_model_and_tokenizer
+
+    save_model(micro_model, tokenizer, tmp_path / "start")
+    recipe = TrainRecipe(init_from=str(tmp_path / "start"),
+                         model_overrides={"loss": {"slot_ce_weight": 2.5}, "reject_threshold": 0.4})
+    model, _ = build_model_and_tokenizer(recipe, None)
+    assert (model.config.loss.slot_ce_weight, model.config.reject_threshold) == (2.5, 0.4)
+    assert model.config.loss.bce_weight == micro_model.config.loss.bce_weight
+    assert model.training
+    with pytest.raises(ConfigError, match=r"\['sam'\] cannot change a model loaded by init_from"):
+        build_model_and_tokenizer(TrainRecipe(init_from=str(tmp_path / "start"),
+                                              model_overrides={"sam": {"decoder_depth": 3}}), None)
+    with pytest.raises(ConfigError):
+        build_model_and_tokenizer(TrainRecipe(init_from=str(tmp_path / "start"),
+                                              model_overrides={"loss": {"no_such_weight": 1.0}}), None)

@@ -30,7 +30,8 @@ from ..tokens import add_control_tokens
 from ..trainable import set_trainable
 from .recipe import TrainRecipe
 
-__all__ = ["tokenizer_corpus", "build_model_and_tokenizer", "build_on_base", "trainable_parameters"]
+__all__ = ["tokenizer_corpus", "build_model_and_tokenizer", "continuation_config", "build_on_base",
+           "trainable_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO | None,
     ``init_from``."""
     if recipe.init_from:
         model, tokenizer = load_model(recipe.init_from)
+        if recipe.model_overrides:
+            model.config = continuation_config(model.config, recipe.model_overrides)
         model.train()
         return model, tokenizer
     config = get_named_config(recipe.model)
@@ -79,6 +82,24 @@ def build_model_and_tokenizer(recipe: TrainRecipe, gref: GRefCOCO | None,
     ids = add_control_tokens(tokenizer)
     config.text.vocab_size = recipe.tokenizer_vocab_size
     return GSVAModel(config, ids, len(tokenizer)), tokenizer
+
+
+CONTINUATION_OVERRIDES = ("loss", "trainable", "reject_threshold")
+"""The config sections ``model_overrides`` may change when a run continues from ``init_from``: those that no weight
+shape depends on (loss weights, what trains, the decision threshold)."""
+
+
+def continuation_config(config: GSVAConfig, overrides: dict) -> GSVAConfig:
+    """``config`` with ``overrides`` merged in, for a run that continues from a checkpoint. Raises ConfigError for a
+    section outside :data:`CONTINUATION_OVERRIDES` (an architecture change would not fit the loaded weights) and for
+    values the config rejects."""
+    bad = sorted(set(overrides) - set(CONTINUATION_OVERRIDES))
+    if bad:
+        raise ConfigError(f"model_overrides {bad} cannot change a model loaded by init_from; only "
+                          f"{list(CONTINUATION_OVERRIDES)} can")
+    merged = GSVAConfig.from_dict(_merge(config.to_dict(), overrides))
+    logger.info("init_from with model_overrides %s", overrides)
+    return merged
 
 
 def build_on_base(config: GSVAConfig, recipe: TrainRecipe) -> tuple[GSVAModel, object]:

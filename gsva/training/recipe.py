@@ -31,6 +31,8 @@ class TrainRecipe:
     ``sam.*`` weights have the same shapes); ``slot_row_words``
     (two words, e.g. ``[yes, no]``) starts the ``[SEG]``/``[REJ]`` rows as the base's rows of those words
     (:func:`gsva.modeling.base_weights.init_slot_rows`).
+    ``model_overrides``: nested config values merged into the named config; with ``init_from`` only the sections
+    that no weight depends on (``loss``, ``trainable``, ``reject_threshold``), which the saved config then keeps.
     data: gRefCOCO-format ``data_root`` (``<root>/grefcoco`` annotations; images under ``image_root``, default
     ``<root>/images/mscoco/images/train2014`` as GSVA's ``refer_seg`` layout, else ``<root>/images``), ``train_split``.
     Or the paper's mixture: ``datasets`` ({family: [dataset names]}, :mod:`gsva.data.training_mix`; e.g.
