@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import queue
 import sys
 import threading
 from collections import OrderedDict
@@ -64,6 +65,32 @@ class ChatBackend:
         return answer, history, enc
 
 
+    def ask_stream(self, image, history: list, question: str):
+        """:meth:`ask`, streamed: yields ``("text", answer text so far)`` while the answer is generated, then
+        ``("done", (answer, history, encoded image))`` once its masks are decoded. Errors of the model call are
+        raised here."""
+        pieces: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                with self.model_lock:
+                    enc = self.encoded(image)
+                    answer, new_history = self.predictor.answer(enc, history, question, on_text=pieces.put)
+                result["done"] = (answer, new_history, enc)
+            except BaseException as exc:  # handed to the caller's thread
+                result["error"] = exc
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (text := pieces.get()) is not None:
+            yield "text", text
+        if "error" in result:
+            raise result["error"]
+        yield "done", result["done"]
+
+
 def describe(answer: Answer) -> str:
     """Chat text: the model's answer plus a line listing the targets it rejected."""
     lines = [answer.text or "(no answer)"]
@@ -91,13 +118,18 @@ def build_demo(backend: ChatBackend):
     def on_ask(image, question, chat, history):
         if image is None:
             raise gr.Error("Upload an image first.")
+        chat = list(chat or []) + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         try:
-            answer, history, enc = backend.ask(image, history or [], question)
+            for kind, value in backend.ask_stream(image, history or [], question):
+                if kind == "text":  # the answer streams in; the masks come with the last update
+                    chat[-1] = {"role": "assistant", "content": value}
+                    yield chat, gr.skip(), gr.skip(), gr.skip()
+                else:
+                    answer, history, enc = value
         except (ImageError, QuestionError) as exc:
             raise gr.Error(str(exc)) from None
-        chat = list(chat or []) + [{"role": "user", "content": question},
-                                   {"role": "assistant", "content": describe(answer)}]
-        return chat, (enc.image, annotations(answer)), "", history
+        chat[-1] = {"role": "assistant", "content": describe(answer)}
+        yield chat, (enc.image, annotations(answer)), "", history
 
     def on_new_image(_image):
         return [], None, []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,11 @@ import torch
 from .conversation import Piece, PromptTooLongError, Turn, parse_slot_phrases, render_conversation, tokenize_pieces
 from .data.transforms import clip_preprocess, sam_preprocess
 from .errors import InputError, UserError
+from .generation import SlotChooser, decode, stack_caches
 from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel
 from .modeling.object_projector import ObjectLayout
-from .prompt_lookup import answer_hint, draft_from_prompt
+from .prompt_lookup import answer_hint
 from .tokens import add_control_tokens
 
 __all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
@@ -99,8 +101,8 @@ class PromptPrefix:
     """The system message, the user tag and the image tokens, run through the language model once per image.
 
     ``ids`` the prefix's K token ids; ``hidden`` (1, K, D) its last hidden states; ``cache`` its keys and values
-    (a transformers ``DynamicCache``, copied before each use: decoding appends to it). Causal attention makes them
-    the same in every prompt that starts with ``ids``.
+    (a transformers ``DynamicCache``, never changed: decoding copies its rows, :func:`gsva.generation.stack_caches`).
+    Causal attention makes them the same in every prompt that starts with ``ids``.
     """
 
     ids: tuple[int, ...]
@@ -189,14 +191,15 @@ class GSVAPredictor:
         """Forget the conversation (the image stays encoded)."""
         self.history = []
 
-    def ask(self, question: str) -> Answer:
-        """Answer ``question`` about the current image; the turn joins the conversation.
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``question`` about the current image; the turn joins the conversation. ``on_text``: streaming, as
+        in :meth:`answer`.
 
         Raises :class:`QuestionError` for an empty/too long question, RuntimeError if no image is set.
         """
         if self.encoded is None:
             raise RuntimeError("call set_image() before ask()")
-        answer, self.history = self.answer(self.encoded, self.history, question)
+        answer, self.history = self.answer(self.encoded, self.history, question, on_text=on_text)
         return answer
 
     # -- stateless use ----------------------------------------------------------------------------------------
@@ -257,25 +260,61 @@ class GSVAPredictor:
 
     @torch.inference_mode()
     def answer(self, encoded: EncodedImage, history: list[Turn], question: str, decode_rejected: bool = False,
-               verbatim: bool = False) -> tuple[Answer, list[Turn]]:
+               verbatim: bool = False, on_text: Callable[[str], None] | None = None) -> tuple[Answer, list[Turn]]:
         """Answer ``question`` after the turns ``history``; returns (answer, history with this turn appended).
 
         ``decode_rejected``: also decode a mask for every ``[REJ]`` slot (``Target.slot_mask``). ``verbatim``: keep
         the question's whitespace as given (evaluation with the official prompt strings) instead of normalising it.
+        ``on_text``: streaming; called with the answer text so far (as ``Answer.text`` renders it) after every
+        forward pass that adds to it, last with the whole text; masks follow when the answer is complete.
         Oldest turns are dropped when the conversation no longer fits the context. Raises :class:`QuestionError`.
         """
-        question = validate_question(question, verbatim=verbatim)
-        history = list(history)
-        ids = self._prompt_ids(history, question)
-        while ids is None:
-            history = history[1:]
+        shown = [""]
+
+        def stream(row: int, ids: list[int]) -> None:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
+            if text != shown[0] and not text.endswith("\ufffd"):  # not in the middle of a UTF-8 character
+                shown[0] = text
+                on_text(text)
+
+        (result,) = self._answer_rows([(encoded, history, question)], decode_rejected, verbatim,
+                                      stream if on_text is not None else None)
+        if on_text is not None and result[0].text != shown[0]:
+            on_text(result[0].text)
+        return result
+
+    @torch.inference_mode()
+    def answer_batch(self, requests: Sequence[tuple[EncodedImage, list[Turn], str]], decode_rejected: bool = False,
+                     verbatim: bool = False) -> list[tuple[Answer, list[Turn]]]:
+        """:meth:`answer` for several (encoded image, history, question) requests decoded together (one forward
+        pass per step for all of them; images may differ). Each answer is the one :meth:`answer` gives alone, up to
+        floating-point differences between batched and single passes. Raises :class:`QuestionError`."""
+        return self._answer_rows(list(requests), decode_rejected, verbatim, None)
+
+    def _answer_rows(self, requests, decode_rejected: bool, verbatim: bool, on_step):
+        rows = []
+        for encoded, history, question in requests:
+            question = validate_question(question, verbatim=verbatim)
+            history = list(history)
             ids = self._prompt_ids(history, question)
-        hint = answer_hint(question, self.tokenizer, self.ids, self.model.config.conv_template) \
-            if self.draft_tokens else []
-        gen, states, scores, is_seg, objects = self._generate(encoded, ids, hint)
-        answer = self._build_answer(encoded, gen, states, scores, is_seg, objects, decode_rejected)
-        turn = Turn(question, [Piece(ids=tuple(gen) + (self.ids.eos,), train=True)])
-        return answer, history + [turn]
+            while ids is None:
+                history = history[1:]
+                ids = self._prompt_ids(history, question)
+            hint = answer_hint(question, self.tokenizer, self.ids, self.model.config.conv_template) \
+                if self.draft_tokens else []
+            rows.append((encoded, history, question, ids, hint))
+        generated, objects = self._generate([(r[0], r[3], r[4]) for r in rows], on_step)
+        results = []
+        for (encoded, history, question, _, _), gen, obj in zip(rows, generated, objects):
+            answer = self._build_answer(encoded, gen.ids, gen.states, gen.scores, gen.is_seg, obj, decode_rejected)
+            turn = Turn(question, [Piece(ids=tuple(gen.ids) + (self.ids.eos,), train=True)])
+            results.append((answer, history + [turn]))
+        return results
+
+    def check_question(self, question: str, verbatim: bool = False) -> None:
+        """Raise :class:`QuestionError` when ``question`` would be refused as the first turn of a conversation
+        (empty, too long, or its prompt does not fit the model's context)."""
+        self._prompt_ids([], validate_question(question, verbatim=verbatim))
 
     def _prompt_ids(self, history: list[Turn], question: str) -> list[int] | None:
         pieces = render_conversation(history + [Turn(question)], self.model.config.use_im_start_end,
@@ -290,90 +329,81 @@ class GSVAPredictor:
                                 f"{self.model.config.max_length} tokens") from None
         return ids
 
-    @torch.inference_mode()
-    def _generate(self, encoded: EncodedImage, prompt_ids: list[int], hint: list[int] | None = None):
-        """Greedy decoding with a KV cache and prompt-lookup drafts (:mod:`gsva.prompt_lookup`; ``draft_tokens`` 0
-        turns drafts off) copied from ``hint`` (:func:`gsva.prompt_lookup.answer_hint`) and the prompt. Returns (generated ids, slot hidden states (D,), scores, is_seg, the prompt's
-        :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer).
+    def _shares_prefix(self, encoded: EncodedImage, prompt_ids: list[int]) -> bool:
+        prefix = encoded.prefix
+        return prefix is not None and len(prefix.ids) < len(prompt_ids) \
+            and tuple(prompt_ids[:len(prefix.ids)]) == prefix.ids
 
-        Each step feeds the last chosen token plus up to ``draft_tokens`` ids copied from the prompt in one forward
-        pass; a drafted id is kept while it equals the argmax of the logits at its position, so the answer is the
-        greedy answer (up to floating-point differences between a one-token and a several-token pass); where the greedy
-        id is ``[SEG]`` or ``[REJ]``, ``reject_threshold`` (when set) picks between the two.
-        """
+    @torch.inference_mode()
+    def _generate(self, rows: list[tuple[EncodedImage, list[int], list[int]]], on_step=None):
+        """Greedy answers of (encoded image, prompt ids, answer hint) rows decoded together
+        (:func:`gsva.generation.decode`: KV cache, prompt-lookup drafts copied from the hint first, then the prompt;
+        ``draft_tokens`` 0 turns drafts off). Where the greedy id is ``[SEG]`` or ``[REJ]``, ``reject_threshold``
+        (when set) picks between the two. Returns (one :class:`gsva.generation.Generated` per row, per row the
+        prompt's :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer)."""
         from transformers import DynamicCache
 
         model, device = self.model, self.model.device
-        ids = torch.tensor([prompt_ids], device=device)
-        prefix = encoded.prefix
-        shared = prefix is not None and len(prefix.ids) < len(prompt_ids) \
-            and tuple(prompt_ids[:len(prefix.ids)]) == prefix.ids
-        if shared:  # the rest of the prompt holds no image token (all are in the prefix)
-            cache = copy.deepcopy(prefix.cache)
-            rest = model.mllm.get_input_embeddings()(ids[:, len(prefix.ids):])
-            hidden, cache = model.language_forward(rest, None, cache, use_cache=True)
-            hidden = torch.cat([prefix.hidden, hidden], dim=1)
+        embed = model.mllm.get_input_embeddings()
+        shared = [i for i, (enc, ids, _) in enumerate(rows) if self._shares_prefix(enc, ids)]
+        alone = [i for i in range(len(rows)) if i not in shared]
+        order = shared + alone  # the cache's row order
+        parts, objects = [], [None] * len(rows)  # (cache, mask (n, C), positions (n,), last hidden (n, D)) per part
+        if shared:
+            # every prompt's start (system message, image tokens) is in its image's prefix cache; the rest differs
+            # in length: it is padded on its left, in the middle of the row, and masked
+            k = len(rows[shared[0]][0].prefix.ids)
+            rests = [rows[i][1][k:] for i in shared]
+            width = max(len(r) for r in rests)
+            feed = torch.full((len(shared), width), self.ids.pad, dtype=torch.long, device=device)
+            mask = torch.ones((len(shared), k + width), dtype=torch.long, device=device)
+            positions = torch.empty((len(shared), width), dtype=torch.long, device=device)
+            for j, rest in enumerate(rests):
+                pad = width - len(rest)
+                feed[j, pad:] = torch.tensor(rest, device=device)
+                mask[j, k:k + pad] = 0
+                positions[j] = k + (torch.arange(width, device=device) - pad).clamp_min(0)
+            cache = stack_caches([rows[i][0].prefix.cache for i in shared])
+            hidden, cache = model.language_forward(embed(feed), None if bool(mask.all()) else mask, cache,
+                                                   use_cache=True, position_ids=positions)
+            parts.append((cache, mask, positions[:, -1] + 1, hidden[:, -1]))
+            for i in shared:
+                enc = rows[i][0]
+                if model.uses_object_pointer:
+                    objects[i] = model.object_slots(enc.prefix.hidden, torch.tensor([enc.prefix.ids], device=device),
+                                                    enc.layout, [enc.resized_hw])
+        for i in alone:  # a later turn, or a model without the shared prefix: the whole prompt
+            enc, ids, _ = rows[i]
+            row = torch.tensor([ids], device=device)
+            hidden, cache = model.language_forward(model.embed_inputs(row, enc.features), None, DynamicCache(),
+                                                   use_cache=True)
+            parts.append((cache, torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                          torch.tensor([len(ids)], device=device), hidden[:, -1]))
+            if model.uses_object_pointer:
+                objects[i] = model.object_slots(hidden, row, enc.layout, [enc.resized_hw])
+        if len(parts) == 1:
+            cache, mask, positions, last = parts[0]
         else:
-            hidden, cache = model.language_forward(model.embed_inputs(ids, encoded.features), None, DynamicCache(),
-                                                   use_cache=True)
-        objects = None
-        if model.uses_object_pointer:
-            objects = model.object_slots(hidden, ids, encoded.layout, [encoded.resized_hw])
-        last = hidden[:, -1]  # (1, D): the state that predicts the next token
-        logits = model.lm_logits(last).float()[0]  # (V,)
-        banned = self._banned.to(device)
-        stop_draft = {self.ids.image, self.ids.eos, *self._banned.tolist()}  # ids greedy decoding never picks
-        source = list(hint or []) + list(prompt_ids)  # the hint first: its copy is preferred
-        aliases = {self.ids.rej: self.ids.seg}  # after a [REJ] the hint's "[SEG], ..." goes on
-        gen: list[int] = []
-        states, scores, is_seg = [], [], []
-        budget = min(self.max_new_tokens, model.config.max_length - len(prompt_ids))
-        if budget <= 0:
-            return gen, states, scores, is_seg, objects
-        cursor = 0
+            columns = [p[1].shape[1] for p in parts]
+            cache = stack_caches([p[0] for p in parts], columns)
+            mask = torch.cat([torch.nn.functional.pad(p[1], (max(columns) - p[1].shape[1], 0)) for p in parts])
+            positions = torch.cat([p[2] for p in parts])
+            last = torch.cat([p[3] for p in parts])
 
-        def choose(state: torch.Tensor, step_logits: torch.Tensor) -> int | None:
-            """The greedy id at one position; records a slot; None at the end of the answer."""
-            step_logits[banned] = float("-inf")
-            token = int(step_logits.argmax())
-            if token == self.ids.eos:
-                return None
-            if token in (self.ids.seg, self.ids.rej):
-                probs = torch.softmax(step_logits, -1)
-                p_seg, p_rej = float(probs[self.ids.seg]), float(probs[self.ids.rej])
-                score = p_seg / max(p_seg + p_rej, 1e-12)
-                if self.reject_threshold is not None:  # the slot's decision by the calibrated threshold
-                    token = self.ids.seg if score >= self.reject_threshold else self.ids.rej
-                states.append(state)
-                scores.append(score)
-                is_seg.append(token == self.ids.seg)
-            return token
+        def forward(ids: torch.Tensor, attention_mask, position_ids: torch.Tensor) -> torch.Tensor:
+            return model.language_forward(embed(ids), attention_mask, cache, use_cache=True,
+                                          position_ids=position_ids)[0]
 
-        token = choose(last[0], logits)
-        while token is not None:
-            gen.append(token)
-            if len(gen) >= budget:
-                break
-            draft, start = draft_from_prompt(source, gen, cursor, min(self.draft_tokens, budget - len(gen)),
-                                             stop_draft, aliases=aliases)
-            feed = torch.tensor([[token] + draft], device=device)
-            hidden, cache = model.language_forward(model.mllm.get_input_embeddings()(feed), None, cache,
-                                                   use_cache=True)
-            step_logits = model.lm_logits(hidden[0]).float()  # (1 + len(draft), V)
-            accepted = 0
-            token = choose(hidden[0, 0], step_logits[0])
-            while accepted < len(draft) and token == draft[accepted]:
-                gen.append(token)
-                accepted += 1
-                if len(gen) >= budget:
-                    token = None
-                    break
-                token = choose(hidden[0, accepted], step_logits[accepted])
-            if accepted < len(draft):
-                cache.crop(accepted - len(draft))  # forget the rejected drafts' keys and values
-            if accepted:
-                cursor = start + accepted
-        return gen, states, scores, is_seg, objects
+        budgets = [min(self.max_new_tokens, model.config.max_length - len(rows[i][1])) for i in order]
+        sources = [list(rows[i][2] or []) + list(rows[i][1]) for i in order]  # the hint first: its copy is preferred
+        step = None if on_step is None else (lambda r, ids: on_step(order[r], ids))
+        generated = decode(forward, model.lm_logits, cache, mask, positions, last, sources, budgets,
+                           SlotChooser(self.ids, self._banned, self.reject_threshold),
+                           self.draft_tokens, self.ids.pad, step)
+        out = [None] * len(rows)
+        for r, i in enumerate(order):
+            out[i] = generated[r]
+        return out, objects
 
     def _build_answer(self, encoded: EncodedImage, gen, states, scores, is_seg, objects=None,
                       decode_rejected: bool = False) -> Answer:

@@ -93,3 +93,26 @@ def test_chat_text_lists_found_and_rejected_targets():
                                  "Not found in the image: the zebra"]
     (m, label), = app.annotations(answer)
     assert label == "the dog" and m.dtype == np.float32 and m.sum() == 1
+
+
+def test_the_chat_streams_the_answer_then_gives_the_masks(micro_model, tokenizer):
+    """The app's backend yields the growing answer text, then the answer whose text it ended on; an error of the
+    model call reaches the caller."""
+    import importlib.util
+
+    import numpy as np
+
+    from gsva.inference import GSVAPredictor, QuestionError
+
+    spec = importlib.util.spec_from_file_location("gsva_app", REPO / "app" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    backend = app.ChatBackend(GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0))
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    events = list(backend.ask_stream(image, [], "the red circle"))
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"text"} and len(kinds) > 2
+    answer, history, enc = events[-1][1]
+    assert events[-2][1] == answer.text and len(history) == 1 and enc.image.shape == (40, 56, 3)
+    with pytest.raises(QuestionError):
+        list(backend.ask_stream(image, [], "   "))

@@ -242,3 +242,32 @@ def test_answer_hint_drafts_cut_passes_not_change_answers(smol, monkeypatch):
             if x.mask is not None:
                 assert (x.mask != y.mask).mean() < 1e-3
     assert 2 * passes["drafted"] < passes["one"], passes
+
+
+@pytest.mark.slow
+def test_batched_questions_of_several_scenes_get_their_one_at_a_time_answers(smol):
+    """The shipped default: per-expression and three-target questions on three held-out scenes decoded as one batch
+    (:meth:`GSVAPredictor.answer_batch`) give the answers of one at a time; a streamed answer grows by whole words
+    to the same text."""
+    from gsva.data.synth import scene_expressions
+
+    requests = []
+    for index in range(3):
+        scene = make_scene(HELD_OUT_SEED, index)
+        phrases = [p for p, _ in scene_expressions(scene, HELD_OUT_SEED, index)][:3]
+        encoded = smol.encode_image(scene.image)
+        requests += [(encoded, [], f"What is {phrases[0]} in this image?"),
+                     (encoded, [], "What are " + ", ".join(phrases) + " in this image?")]
+    alone = [smol.answer(*r)[0] for r in requests]
+    together = [a for a, _ in smol.answer_batch(requests)]
+    for a, b in zip(alone, together):
+        assert a.text == b.text
+        assert [(t.phrase, t.status) for t in a.targets] == [(t.phrase, t.status) for t in b.targets]
+        for x, y in zip(a.targets, b.targets):
+            assert abs(x.score - y.score) < 1e-3
+            if x.mask is not None:
+                assert iou(x.mask, y.mask) > 0.99
+    shown = []
+    streamed, _ = smol.answer(*requests[1], on_text=shown.append)
+    assert streamed.text == alone[1].text == shown[-1]
+    assert len(shown) > 1 and all(alone[1].text.startswith(t) for t in shown)

@@ -120,6 +120,21 @@ def test_other_layouts_end_to_end(tmp_path, capsys, dataset):
     assert _table(capsys.readouterr().out) == _table(printed)
 
 
+@pytest.mark.slow
+def test_generate_protocol_rows_do_not_depend_on_the_batch_size(predictor, synth_root):
+    """Questions of several images decoded together (batch 5, across image boundaries) give the rows of one at a
+    time: the same answers, decisions and masks; scores up to float rounding."""
+    bench = open_benchmark("grefcoco", synth_root, "val")
+    one = run_benchmark(bench, predictor, "generate", batch_size=1, limit=3)
+    five = run_benchmark(bench, predictor, "generate", batch_size=5, limit=3)
+    assert len(one) == len(five) > 5
+    for a, b in zip(one, five):
+        assert {k: v for k, v in a.items() if k != "score"} == {k: v for k, v in b.items() if k != "score"}
+        assert (a["score"] is None) == (b["score"] is None)
+        if a["score"] is not None:
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
 def test_slot_matching_by_phrase_then_order():
     def t(phrase, status="seg"):
         return Target(phrase=phrase, status=status, score=0.9)
@@ -133,8 +148,8 @@ def test_slot_matching_by_phrase_then_order():
 @pytest.mark.slow
 def test_bad_arguments(predictor, synth_root):
     bench = open_benchmark("grefcoco", synth_root, "val")
-    with pytest.raises(ValueError, match="1 for the generate protocol"):
-        run_benchmark(bench, predictor, "generate", batch_size=4)
+    with pytest.raises(ValueError, match="batch size must be an integer >= 1"):
+        run_benchmark(bench, predictor, "generate", batch_size=0)
     with pytest.raises(ValueError, match="protocol must be"):
         run_benchmark(bench, predictor, "oracle")
 

@@ -12,6 +12,12 @@ def _image():
     return np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
 
 
+def _generate(predictor, enc, prompt):
+    """The predictor's greedy answer to one prompt, without an answer hint (a :class:`gsva.generation.Generated`)."""
+    (generated,), _ = predictor._generate([(enc, prompt, [])])
+    return generated
+
+
 @pytest.mark.parametrize("draft_tokens", [0, 8])
 def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer, draft_tokens):
     predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=6, draft_tokens=draft_tokens)
@@ -19,12 +25,13 @@ def test_cached_generation_matches_a_teacher_forced_pass(micro_model, tokenizer,
     question = "Can you segment the red circle in this image?"
     prompt, _ = tokenize_pieces(render_conversation([Turn(question)]), tokenizer, predictor.ids,
                                 micro_model.config.num_image_tokens)
-    gen, *_ = predictor._generate(enc, prompt)
+    gen = _generate(predictor, enc, prompt).ids
     # make [SEG] the greedy choice at generation step 1: its lm_head row becomes 3x the row of the token chosen there
     with torch.no_grad():
         head = micro_model.mllm.lm_head.weight
         head[predictor.ids.seg] = 3 * head[gen[1]]
-    gen, states, scores, is_seg, _ = predictor._generate(enc, prompt)
+    out = _generate(predictor, enc, prompt)
+    gen, states, scores, is_seg = out.ids, out.states, out.scores, out.is_seg
     assert gen[1] == predictor.ids.seg and is_seg[0] and 0.5 < scores[0] <= 1.0
     ids = torch.tensor([prompt + gen])
     with torch.no_grad():
@@ -51,9 +58,9 @@ def test_the_cached_prompt_prefix_gives_the_full_prefill_answer(micro_model, tok
     for question in ("Can you segment the red circle in this image?", "and the blue star?"):
         prompt = predictor._prompt_ids(history, question)
         assert tuple(prompt[:len(enc.prefix.ids)]) == enc.prefix.ids
-        cached, full = predictor._generate(enc, prompt), predictor._generate(bare, prompt)
-        assert cached[0] == full[0]
-        for a, b in zip(cached[1], full[1]):
+        cached, full = _generate(predictor, enc, prompt), _generate(predictor, bare, prompt)
+        assert cached.ids == full.ids
+        for a, b in zip(cached.states, full.states):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         _, history = predictor.answer(enc, history, question)
     assert enc.prefix.cache.get_seq_length() == len(enc.prefix.ids)  # never extended in place
@@ -211,3 +218,41 @@ def test_reject_threshold_decides_the_slots_and_0_5_is_greedy():
         dataclasses.replace(config, reject_threshold=1.5).validate()
     with pytest.raises(InputError, match="reject_threshold"):
         GSVAPredictor(base.model, base.tokenizer, reject_threshold=-0.1)
+
+
+@pytest.mark.parametrize("draft_tokens", [0, 8])
+def test_batched_generation_gives_each_answer_it_gives_alone(micro_model, tokenizer, draft_tokens):
+    """Questions of two images, of different lengths, and a follow-up turn (no shared prefix) decoded together
+    give the answers, slot scores and masks of one-at-a-time decoding."""
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=12, draft_tokens=draft_tokens)
+    with torch.no_grad():  # answers that reach slots
+        micro_model.mllm.lm_head.weight[predictor.ids.seg] += 0.5 * micro_model.mllm.lm_head.weight.abs().max()
+    first = predictor.encode_image(_image())
+    second = predictor.encode_image(np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    _, history = predictor.answer(first, [], "the red circle")
+    requests = [(first, [], "Can you segment the red circle and the blue star in this image?"),
+                (second, [], "the star"),
+                (first, history, "and the blue star?"),
+                (second, [], "What are the left square, the green object, the large hexagon in this image?")]
+    alone = [predictor.answer(*r, decode_rejected=True)[0] for r in requests]
+    together = [a for a, _ in predictor.answer_batch(requests, decode_rejected=True)]
+    assert any(a.targets for a in alone)
+    for a, b in zip(alone, together):
+        assert a.text == b.text
+        assert [t.status for t in a.targets] == [t.status for t in b.targets]
+        assert [t.score for t in a.targets] == pytest.approx([t.score for t in b.targets], abs=1e-4)
+        for s, t in zip(a.targets, b.targets):
+            assert np.mean(s.slot_mask != t.slot_mask) < 1e-3
+    assert predictor.answer_batch(requests[1:2])[0][1][-1].question == "the star"
+
+
+def test_streaming_shows_the_answer_growing_to_its_final_text(micro_model, tokenizer):
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=10, draft_tokens=0)
+    predictor.set_image(_image())
+    shown = []
+    answer = predictor.ask("the red circle", on_text=shown.append)
+    assert answer.text and shown[-1] == answer.text and len(shown) > 1
+    assert not any(t.endswith("\ufffd") for t in shown[:-1])  # never half a UTF-8 character (random weights
+    # write bytes; the shipped default's stream grows by whole words: tests/test_default_model.py)
+    predictor.reset()
+    assert predictor.ask("the red circle").text == answer.text  # streaming changes nothing

@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="per-expression")
     parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="ours",
                         help="'official' reproduces GSVA's validation strings exactly")
-    parser.add_argument("--batch-size", type=int, default=1, help="conversations per forward (teacher-forced; "
-                        "generation answers one question at a time)")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions decoded together (generate) or "
+                        "conversations per forward (teacher-forced); the predictions do not depend on it")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (N >= 1)")
     parser.add_argument("--scorers", default=None, help=f"comma-separated from {', '.join(SCORERS)} "
                         "(default: the dataset's)")
@@ -133,7 +133,7 @@ def _run_one(args, benchmark, predictor, protocol: str, scorers: tuple[str, ...]
     from ..scoring import sample_from_row
 
     start = time.time()
-    batch_size = 1 if protocol == "generate" else args.batch_size
+    batch_size = args.batch_size
     rows = run_benchmark(benchmark, predictor, protocol, args.prompt_mode, args.prompt_style, batch_size,
                          args.limit, shard=(rank, world),
                          progress=lambda it: tqdm(it, desc=f"{args.dataset}/{args.split} {protocol}",

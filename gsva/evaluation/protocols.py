@@ -1,6 +1,7 @@
 """The two evaluation protocols, per image.
 
-``generate`` (the realistic one; no official script has it): the model answers each question by greedy generation.
+``generate`` (the realistic one; no official script has it): the model answers each question by greedy generation
+(several questions may be decoded together, with the same answers).
 Answer slots are matched to the asked expressions by phrase (:func:`match_slots`); an expression left without a
 slot counts against the model (a target as rejected, a no-target expression as not rejected, with an empty mask);
 slots no expression claims are counted as extra.
@@ -29,7 +30,7 @@ from ..inference import Answer, EncodedImage, GSVAPredictor
 from ..modeling.object_projector import ObjectLayout
 from ..modeling.seg_tokens import locate_slots
 
-__all__ = ["SlotOutcome", "match_slots", "generate_outcomes", "teacher_forced_outcomes"]
+__all__ = ["SlotOutcome", "match_slots", "generate_outcomes_batch", "answer_outcomes", "teacher_forced_outcomes"]
 
 
 @dataclass
@@ -70,12 +71,23 @@ def match_slots(answer: Answer, expressions: list[str]) -> tuple[list[int | None
     return chosen, len(free)
 
 
-def generate_outcomes(predictor: GSVAPredictor, encoded: EncodedImage, question: str, expressions: list[str],
-                      gt_empty: list[bool], verbatim: bool = False) -> list[SlotOutcome]:
-    """Ask ``question`` (naming ``expressions``) in a fresh conversation and score each expression's slot."""
-    answer, _ = predictor.answer(encoded, [], question, decode_rejected=True, verbatim=verbatim)
+def generate_outcomes_batch(predictor: GSVAPredictor,
+                            questions: list[tuple[EncodedImage, str, list[str], list[bool]]],
+                            verbatim: bool = False) -> list[list[SlotOutcome]]:
+    """Ask each (encoded image, question, expressions, GT empty per expression) question in a fresh conversation,
+    all decoded together (:meth:`gsva.inference.GSVAPredictor.answer_batch`: the answers of one at a time), and
+    score each expression's slot (:func:`answer_outcomes`)."""
+    answers = predictor.answer_batch([(enc, [], q) for enc, q, _, _ in questions], decode_rejected=True,
+                                     verbatim=verbatim)
+    return [answer_outcomes(a, enc.image.shape[:2], exprs, empty)
+            for (a, _), (enc, _, exprs, empty) in zip(answers, questions)]
+
+
+def answer_outcomes(answer: Answer, shape: tuple[int, int], expressions: list[str],
+                    gt_empty: list[bool]) -> list[SlotOutcome]:
+    """Each asked expression's outcome in ``answer`` (slots matched by :func:`match_slots`); ``shape`` (H, W) the
+    image's size in pixels."""
     chosen, extra = match_slots(answer, expressions)
-    shape = encoded.image.shape[:2]
     out = []
     for k, empty in zip(chosen, gt_empty):
         if k is None:

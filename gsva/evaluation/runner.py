@@ -23,7 +23,7 @@ from ..inference import GSVAPredictor, QuestionError
 from ..scoring import DEFAULT_SCORERS, sample_from_row, score_samples
 from .benchmarks import Benchmark, EvalExpression, EvalImage
 from .prompts import clean_expression, reasonseg_answer, reasonseg_question, refer_answer, refer_question
-from .protocols import SlotOutcome, generate_outcomes, teacher_forced_outcomes
+from .protocols import SlotOutcome, generate_outcomes_batch, teacher_forced_outcomes
 
 __all__ = ["PROTOCOLS", "PROMPT_MODES", "run_benchmark", "summarize"]
 
@@ -82,30 +82,32 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
     """Evaluate the images of ``benchmark`` (the first ``limit``; of those, every ``shard[1]``-th starting at
     ``shard[0]``). Returns ``predictions.jsonl`` rows (dicts) in benchmark order.
 
-    ``batch_size`` conversations share one forward pass in the teacher-forced protocol; generation answers one
-    question at a time (it must be 1 there). Raises ValueError for an unknown protocol/mode or a bad batch size,
-    :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
+    ``batch_size`` questions (teacher-forced: conversations) share each forward pass; in the generate protocol
+    they are decoded together with the answers one at a time gives (:meth:`GSVAPredictor.answer_batch`), from
+    several images when an image has fewer questions. Raises InputError for an unknown protocol/mode or a bad batch
+    size, :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if prompt_mode not in PROMPT_MODES:
         raise InputError(f"prompt mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
-    if batch_size < 1 or (protocol == "generate" and batch_size != 1):
-        raise InputError("batch size must be >= 1, and 1 for the generate protocol (greedy decoding answers one "
-                         f"question at a time); got {batch_size}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
     rank, world = shard
     images = benchmark.images[:limit] if limit else benchmark.images
     images = images[rank::world]
     reasonseg = benchmark.name == "reasonseg"
     verbatim = prompt_style == "official"
     rows: list[dict] = []
-    pending: list[tuple] = []  # teacher-forced conversations waiting for a batch
+    pending: list[tuple] = []  # conversations waiting for a batch: (protocol's input, (image, group, gts))
 
     def flush() -> None:
         if not pending:
             return
-        outcomes = teacher_forced_outcomes(predictor, [(img, q, ans, present) for img, q, ans, present, _ in pending])
-        for (_, _, _, _, (image, group, gts)), outs in zip(pending, outcomes):
+        run = generate_outcomes_batch if protocol == "generate" else teacher_forced_outcomes
+        outcomes = run(predictor, [item for item, _ in pending], **({"verbatim": verbatim}
+                                                                   if protocol == "generate" else {}))
+        for (_, (image, group, gts)), outs in zip(pending, outcomes):
             for expr, outcome, (gt, ignore) in zip(group, outs, gts):
                 rows.append(_row(image, expr, outcome, gt, ignore))
         pending.clear()
@@ -114,30 +116,21 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
         array = load_image(image.path)
         h, w = array.shape[:2]
         gts = {expr.id: benchmark.ground_truth(image, expr, h, w) for expr in image.expressions}
-        if protocol == "generate":
-            encoded = predictor.encode_image(array)
+        encoded = predictor.encode_image(array) if protocol == "generate" else None
+        for group in _groups(image, prompt_mode, reasonseg):
+            def check(g):
+                question, answer, present = _conversation(g, prompt_style, reasonseg)
+                if protocol == "generate":  # QuestionError when the prompt does not fit
+                    predictor.check_question(question, verbatim=verbatim)
+                    return [(g, (encoded, question, [clean_expression(e.sentence) for e in g],
+                                 [e.gt_empty for e in g]))]
+                _check_length(predictor, question, answer)
+                return [(g, (array, question, answer, present))]
 
-            def ask(group):
-                question, _, _ = _conversation(group, prompt_style, reasonseg)
-                outs = generate_outcomes(predictor, encoded, question,
-                                         [clean_expression(e.sentence) for e in group],
-                                         [e.gt_empty for e in group], verbatim=verbatim)
-                return [(e, o) for e, o in zip(group, outs)]
-
-            for group in _groups(image, prompt_mode, reasonseg):
-                for expr, outcome in _split_until_fits(group, ask):
-                    rows.append(_row(image, expr, outcome, *gts[expr.id]))
-        else:
-            for group in _groups(image, prompt_mode, reasonseg):
-                def check(g):
-                    question, answer, present = _conversation(g, prompt_style, reasonseg)
-                    _check_length(predictor, question, answer)
-                    return [(g, question, answer, present)]
-
-                for g, question, answer, present in _split_until_fits(group, check):
-                    pending.append((array, question, answer, present, (image, g, [gts[e.id] for e in g])))
-                    if len(pending) >= batch_size:
-                        flush()
+            for g, item in _split_until_fits(group, check):
+                pending.append((item, (image, g, [gts[e.id] for e in g])))
+                if len(pending) >= batch_size:
+                    flush()
     flush()
     return rows
 

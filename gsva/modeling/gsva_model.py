@@ -140,10 +140,13 @@ class GSVAModel(nn.Module):
         return embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype))
 
     def language_forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                         past_key_values=None, use_cache: bool = False):
-        """Run the LLaMA body. Returns (last hidden states (B, L, D) after the final norm, cache or None)."""
+                         past_key_values=None, use_cache: bool = False, position_ids: torch.Tensor | None = None):
+        """Run the LLaMA body on ``inputs_embeds`` (B, L, D). ``attention_mask`` (B, C + L) int, 1 for columns to
+        attend (C cached ones first); ``position_ids`` (B, L) int64 RoPE positions (None: the cache length onward).
+        Returns (last hidden states (B, L, D) after the final norm, cache or None)."""
         out = self.mllm.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                             past_key_values=past_key_values, use_cache=use_cache)
+                                             past_key_values=past_key_values, use_cache=use_cache,
+                                             position_ids=position_ids)
         return out.last_hidden_state, out.past_key_values
 
     def enable_gradient_checkpointing(self) -> None:
