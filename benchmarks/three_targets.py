@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--draft-tokens", type=int, default=8, help="prompt-lookup drafts per pass (0: off)")
+    parser.add_argument("--draft-tokens", type=int, default=16, help="prompt-lookup drafts per pass (0: off)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

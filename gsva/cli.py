@@ -1,6 +1,7 @@
 """The ``gsva`` command: ``gsva train`` (:mod:`gsva.training.command`), ``gsva eval``
 (:mod:`gsva.evaluation.command`), ``gsva synth`` (synthetic gRefCOCO-format data), ``gsva standins`` (tiny
 stand-ins of every pre-training dataset in the official layout), ``gsva predict`` (one image, one query),
+``gsva chat`` (a terminal conversation about one image, answers streamed),
 ``gsva score`` (metrics recomputed from a saved ``predictions.jsonl``), ``gsva export`` (a self-contained
 checkpoint, LoRA optionally merged) and ``gsva convert`` (released weights into our format).
 
@@ -39,19 +40,14 @@ def _standins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _write_answer(image, answer, out: Path) -> list[dict]:
+    """Write ``out``/mask_K.png (0/255, original size) per found target, overlay.png and result.json; returns the
+    targets' JSON records."""
     import numpy as np
     from PIL import Image
 
-    from .images import load_image
-    from .inference import GSVAPredictor
     from .visualize import overlay_masks
 
-    image = load_image(args.image)
-    predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype), quantization=_quant(args))
-    predictor.set_image(image)
-    answer = predictor.ask(args.query)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = []
     k = 0
@@ -65,10 +61,75 @@ def _predict(args: argparse.Namespace) -> int:
     Image.fromarray(overlay_masks(image, answer)).save(out / "overlay.png")
     result = {"answer": answer.text, "targets": targets}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(answer.text + "\n")
+    return targets
+
+
+def _print_targets(targets: list[dict]) -> None:
     for t in targets:
         sys.stdout.write(f"  {t['status']}  {t['score']:.3f}  {t['phrase']}  {t['mask'] or ''}\n")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .images import load_image
+    from .inference import GSVAPredictor
+
+    image = load_image(args.image)
+    predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype), quantization=_quant(args))
+    predictor.set_image(image)
+    answer = predictor.ask(args.query)
+    targets = _write_answer(image, answer, Path(args.out))
+    sys.stdout.write(answer.text + "\n")
+    _print_targets(targets)
     return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    """Questions from standard input about one image; each answer streams to standard output and its masks go to
+    ``out``/turn_NNN/. ``/new`` starts a new conversation, ``/quit`` (or end of input) ends."""
+    from .images import load_image
+    from .inference import GSVAPredictor, QuestionError
+
+    image = load_image(args.image)
+    predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype), quantization=_quant(args))
+    predictor.set_image(image)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        sys.stdout.write("Ask about the image (several targets at once: 'What are A, B, C in this image?'); "
+                         "/new starts over, /quit ends.\n")
+    turn = 0
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":
+            return 0
+        question = line.strip()
+        if not question:
+            continue
+        if question == "/new":
+            predictor.reset()
+            sys.stdout.write("(new conversation)\n")
+            continue
+        shown = [""]
+
+        def stream(text: str) -> None:  # print what the text added (a rewritten start is printed again whole)
+            new = text[len(shown[0]):] if text.startswith(shown[0]) else "\n" + text
+            shown[0] = text
+            sys.stdout.write(new)
+            sys.stdout.flush()
+
+        try:
+            answer = predictor.ask(question, on_text=stream)
+        except QuestionError as exc:  # the session goes on
+            sys.stderr.write(f"error: {exc}\n")
+            continue
+        sys.stdout.write("\n")
+        turn += 1
+        out = Path(args.out) / f"turn_{turn:03d}"
+        _print_targets(_write_answer(image, answer, out))
+        sys.stdout.write(f"  (masks in {out})\n")
+        sys.stdout.flush()
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -186,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     add_quantization_flags(p)
     p.set_defaults(func=_predict)
+    p = sub.add_parser("chat", help="a terminal chat about one image: questions from standard input, streamed "
+                       "answers, masks written after each")
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-smol)")
+    p.add_argument("--out", type=Path, default=Path("gsva_chat"), help="masks go to OUT/turn_NNN/")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    add_quantization_flags(p)
+    p.set_defaults(func=_chat)
     p = sub.add_parser("convert", help="convert released checkpoints into GSVA's format")
     conv = p.add_subparsers(dest="what", required=True)
     c = conv.add_parser("llava", help="an original LLaVA-v1 (haotian-liu LlavaLlamaForCausalLM) checkpoint + CLIP")

@@ -92,90 +92,105 @@ def stack_caches(caches: Sequence[object], lengths: Sequence[int] | None = None)
 
 def decode(forward: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor],
            lm_logits: Callable[[torch.Tensor], torch.Tensor], cache, attention_mask: torch.Tensor,
-           positions: torch.Tensor, last_hidden: torch.Tensor, sources: Sequence[Sequence[int]],
-           budgets: Sequence[int], chooser: SlotChooser, draft_tokens: int, pad_id: int,
-           on_step: Callable[[int, list[int]], None] | None = None) -> list[Generated]:
-    """Greedy answers of B prompts already in ``cache``.
+           positions: torch.Tensor, pending: Sequence[Sequence[int]], first_drafts: Sequence[Sequence[int]],
+           sources: Sequence[Sequence[int]], budgets: Sequence[int], chooser: SlotChooser, draft_tokens: int,
+           pad_id: int, on_step: Callable[[int, list[int]], None] | None = None) -> list[Generated]:
+    """Greedy answers of B prompts whose starts are in ``cache``.
 
     Args:
         forward: (ids (A, W), attention mask (A, C + W) or None, position ids (A, W)) -> last hidden states
             (A, W, D); it appends the W columns to ``cache``.
         lm_logits: (..., D) hidden states -> (..., V) logits.
-        cache: a ``DynamicCache`` of the B prompts, C columns; rows are dropped from it as they finish.
+        cache: a ``DynamicCache`` of the B prompts' starts, C columns; rows are dropped from it as they finish.
         attention_mask: (B, C) int64, 1 where a column is part of the row's prompt (0: padding).
-        positions: (B,) int64, each row's next RoPE position (its prompt length).
-        last_hidden: (B, D) the prompts' last hidden states (they predict the first answer token).
-        sources: per row the ids drafts are copied from (an answer hint, then the prompt).
+        positions: (B,) int64, each row's next RoPE position (the length of its prompt's start).
+        pending: per row the rest of its prompt (at least one id), fed in the first pass together with the row's
+            ``first_drafts`` (a guess of the answer's first ids, e.g. the answer hint; may be empty), so the
+            prompt's end and the first drafts cost one pass.
+        sources: per row the ids later drafts are copied from (the hint first, then the prompt).
         budgets: per row the most ids to generate (<= 0: none).
         chooser: the greedy choice (:class:`SlotChooser`). draft_tokens: most drafted ids per pass (0: one token
-            per pass). pad_id: the id fed where a row's draft is shorter than the pass (masked out).
+            per pass, and no first drafts). pad_id: the id fed where a row's input is shorter than the pass
+            (masked out).
         on_step: called as ``on_step(row, ids so far)`` after each pass that added ids to a row (streaming).
 
     Returns:
         One :class:`Generated` per row, in order.
     """
-    b = last_hidden.shape[0]
+    b = len(pending)
     out = [Generated() for _ in range(b)]
     stop_draft = {chooser.ids.image, chooser.ids.eos, *chooser.banned.tolist()}  # ids greedy decoding never picks
     aliases = {chooser.ids.rej: chooser.ids.seg}  # after a [REJ] the hint's "[SEG], ..." goes on
-    logits = lm_logits(last_hidden).float()  # (B, V)
-    token: list[int | None] = [chooser(last_hidden[r], logits[r], out[r]) if budgets[r] > 0 else None
-                               for r in range(b)]
+    feeds = [list(p) for p in pending]  # what each row feeds next: its prompt's rest, then its last chosen id
     cursor = [0] * b
-    rows = list(range(b))  # the rows still in the batch, in cache order
-    device = last_hidden.device
-    while True:
-        for r in rows:
-            if token[r] is not None:
-                out[r].ids.append(token[r])
-                if len(out[r].ids) >= budgets[r]:
-                    token[r] = None
-        keep = [i for i, r in enumerate(rows) if token[r] is not None]
-        if not keep:
-            return out
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            attention_mask, positions = attention_mask[index], positions[index]
-            rows = [rows[i] for i in keep]
+    device = attention_mask.device
+    rows = [r for r in range(b) if budgets[r] > 0]  # the rows still in the batch, in cache order
+    if len(rows) < b:
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        cache.batch_select_indices(index)
+        attention_mask, positions = attention_mask[index], positions[index]
+    first = True
+    while rows:
         drafts, starts = [], []
         for r in rows:
-            d, s = draft_from_prompt(sources[r], out[r].ids, cursor[r],
-                                     min(draft_tokens, budgets[r] - len(out[r].ids)), stop_draft, aliases=aliases)
+            room = min(draft_tokens, budgets[r] - len(out[r].ids))
+            if first:
+                d, s = list(first_drafts[r])[:max(room, 0)], 0
+            else:
+                d, s = draft_from_prompt(sources[r], out[r].ids, cursor[r], room, stop_draft, aliases=aliases)
             drafts.append(d)
             starts.append(s)
-        width = 1 + max(len(d) for d in drafts)
+        lengths = [len(feeds[r]) + len(d) for r, d in zip(rows, drafts)]
+        width = max(lengths)
         feed = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
         fed = torch.zeros((len(rows), width), dtype=attention_mask.dtype, device=device)
         for i, (r, d) in enumerate(zip(rows, drafts)):
-            feed[i, :1 + len(d)] = torch.tensor([token[r]] + d, device=device)
-            fed[i, :1 + len(d)] = 1
+            feed[i, :lengths[i]] = torch.tensor(feeds[r] + d, device=device)
+            fed[i, :lengths[i]] = 1
         columns = attention_mask.shape[1]
         attention_mask = torch.cat([attention_mask, fed], dim=1)
         step_positions = positions[:, None] + torch.arange(width, device=device)
         hidden = forward(feed, None if bool(attention_mask.all()) else attention_mask, step_positions)
-        step_logits = lm_logits(hidden).float()  # (A, W, V)
-        accepted = []
+        # logits only where a row predicts an id: its last fed prompt/answer id and each of its drafts, in one product
+        row_index = torch.tensor([i for i, (r, d) in enumerate(zip(rows, drafts)) for _ in range(len(d) + 1)],
+                                 device=device)
+        col_index = torch.tensor([len(feeds[r]) - 1 + j for r, d in zip(rows, drafts) for j in range(len(d) + 1)],
+                                 device=device)
+        states = hidden[row_index, col_index]  # (N, D)
+        logits = lm_logits(states).float()  # (N, V)
+        kept, done, first_of_row = [], [], 0
         for i, (r, d) in enumerate(zip(rows, drafts)):
             a = 0
-            token[r] = chooser(hidden[i, 0], step_logits[i, 0], out[r])
-            while a < len(d) and token[r] == d[a]:
-                out[r].ids.append(token[r])
+            token = chooser(states[first_of_row], logits[first_of_row], out[r])
+            while token is not None and a < len(d) and token == d[a] and len(out[r].ids) < budgets[r]:
+                out[r].ids.append(token)
                 a += 1
-                if len(out[r].ids) >= budgets[r]:
-                    token[r] = None
-                    break
-                token[r] = chooser(hidden[i, a], step_logits[i, a], out[r])
-            accepted.append(a)
+                token = chooser(states[first_of_row + a], logits[first_of_row + a], out[r]) \
+                    if len(out[r].ids) < budgets[r] else None
+            first_of_row += len(d) + 1
+            kept.append(len(feeds[r]) + a)
             if a:
                 cursor[r] = starts[i] + a
-        kept = 1 + max(accepted)
-        if kept < width:  # columns no row kept
-            cache.crop(kept - width)  # a negative count removes that many trailing columns
-            attention_mask = attention_mask[:, :columns + kept]
-        for i, a in enumerate(accepted):
-            attention_mask[i, columns + 1 + a:] = 0  # this row's rejected drafts
-        positions = positions + 1 + torch.tensor(accepted, device=device)
+            if token is not None:
+                out[r].ids.append(token)
+                feeds[r] = [token]
+            done.append(token is None or len(out[r].ids) >= budgets[r])
+        keep = max(kept)
+        if keep < width:  # columns no row kept
+            cache.crop(keep - width)  # a negative count removes that many trailing columns
+            attention_mask = attention_mask[:, :columns + keep]
+        for i, k in enumerate(kept):
+            attention_mask[i, columns + k:] = 0  # this row's rejected drafts and padding
+        positions = positions + torch.tensor(kept, device=device)
         if on_step is not None:
-            for r in rows:  # the answer so far: the kept ids and the id just chosen
-                on_step(r, out[r].ids + ([token[r]] if token[r] is not None else []))
+            for r in rows:
+                on_step(r, list(out[r].ids))
+        first = False
+        if any(done):
+            index = [i for i, d in enumerate(done) if not d]
+            rows = [rows[i] for i in index]
+            if rows:
+                t = torch.tensor(index, dtype=torch.long, device=device)
+                cache.batch_select_indices(t)
+                attention_mask, positions = attention_mask[t], positions[t]
+    return out

@@ -4,11 +4,15 @@
 the prompt's shared start (system message and image tokens, :class:`PromptPrefix`) of an image once
 (:meth:`~GSVAPredictor.set_image`) and reuses them for every question about it. :meth:`~GSVAPredictor.ask`
 
-1. renders the conversation so far plus the new question (llava_v1 template; earlier turns stay in context),
-2. generates greedily with a KV cache, recording at each generated ``[SEG]``/``[REJ]`` the hidden state of the
-   position that predicted it (the embedding GSVA was trained with) and P([SEG]) / (P([SEG]) + P([REJ])) there,
+1. renders the conversation so far plus the new question (the config's template; earlier turns stay in context),
+2. generates greedily with a KV cache and prompt-lookup drafts (:mod:`gsva.generation`), recording at each
+   generated ``[SEG]``/``[REJ]`` the hidden state of the position that predicted it (the embedding GSVA was trained
+   with) and P([SEG]) / (P([SEG]) + P([REJ])) there; ``on_text`` streams the answer text as it grows,
 3. pairs each slot with the phrase written before it in the answer,
 4. decodes all ``[SEG]`` masks of the answer in one mask-decoder call and resizes them to the original image.
+
+:meth:`~GSVAPredictor.answer_batch` decodes several questions (of one or several images) together, with the answers
+each gets alone (batched evaluation in the generate protocol).
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .conversation import Piece, PromptTooLongError, Turn, parse_slot_phrases, render_conversation, tokenize_pieces
+from .conversation import (Piece, PromptTooLongError, Turn, parse_slot_phrases, question_phrases, render_conversation,
+                           tokenize_pieces)
 from .data.transforms import clip_preprocess, sam_preprocess
 from .errors import InputError, UserError
 from .generation import SlotChooser, decode, stack_caches
 from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel
 from .modeling.object_projector import ObjectLayout
-from .prompt_lookup import answer_hint
+from .prompt_lookup import answer_hint, answer_style
 from .tokens import add_control_tokens
 
 __all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
@@ -117,17 +122,17 @@ class GSVAPredictor:
     Args:
         model: a GSVAModel (eval mode is set here). tokenizer: its tokenizer.
         max_new_tokens: generation budget per answer. mask_threshold: logit above which a pixel is foreground (0).
-        draft_tokens: most prompt-lookup draft ids verified per forward pass (:meth:`_generate`; 0: one token per
-            pass). 8 with the answer hint (benchmarks/three_targets.py, shipped gsva-smol, fp32, 2 threads, 100
-            scenes, the same machine): median 1.24 s and 5 passes per question, against 3.36 s and 18 passes with 3
-            prompt-only drafts and no cached prefix before.
+        draft_tokens: most prompt-lookup draft ids verified per forward pass (:mod:`gsva.generation`; 0: one token
+            per pass). 16 with the answer hint: on the shipped gsva-smol (fp32, 2 threads, three-target questions
+            of held-out scenes) median 0.22 s and 3 passes per question, against 0.29 s and 4.5 passes with 8
+            drafts, and 0.22 s / 3 passes with 32 (2026-12-03, one run of 8 questions each).
         reject_threshold: a slot the answer reaches is ``[SEG]`` when P([SEG]) / (P([SEG]) + P([REJ])) is at least
             this probability, else ``[REJ]`` (None: the model config's ``reject_threshold``; both None: greedy, the
             same as 0.5). Raises InputError outside [0, 1].
     """
 
     def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0,
-                 draft_tokens: int = 8, reject_threshold: float | None = None) -> None:
+                 draft_tokens: int = 16, reject_threshold: float | None = None) -> None:
         if draft_tokens < 0:
             raise InputError(f"draft_tokens must be >= 0, got {draft_tokens}")
         if reject_threshold is None:
@@ -143,6 +148,7 @@ class GSVAPredictor:
         self.mask_threshold = mask_threshold
         self.history: list[Turn] = []
         self.encoded: EncodedImage | None = None
+        self._hint_styles: dict[int, int] = {}  # target count -> answer style of the last such answer (hints)
         self._text_prefix_cache: PromptPrefix | None = None
         banned = {self.ids.image, self.ids.im_start, self.ids.im_end, self.ids.bos}
         if self.ids.pad != self.ids.eos:
@@ -292,6 +298,8 @@ class GSVAPredictor:
         return self._answer_rows(list(requests), decode_rejected, verbatim, None)
 
     def _answer_rows(self, requests, decode_rejected: bool, verbatim: bool, on_step):
+        if not requests:
+            return []
         rows = []
         for encoded, history, question in requests:
             question = validate_question(question, verbatim=verbatim)
@@ -300,13 +308,18 @@ class GSVAPredictor:
             while ids is None:
                 history = history[1:]
                 ids = self._prompt_ids(history, question)
-            hint = answer_hint(question, self.tokenizer, self.ids, self.model.config.conv_template) \
+            hint = answer_hint(question, self.tokenizer, self.ids, self.model.config.conv_template,
+                               self._hint_styles.get(len(question_phrases(question) or ()), 0)) \
                 if self.draft_tokens else []
             rows.append((encoded, history, question, ids, hint))
         generated, objects = self._generate([(r[0], r[3], r[4]) for r in rows], on_step)
         results = []
         for (encoded, history, question, _, _), gen, obj in zip(rows, generated, objects):
             answer = self._build_answer(encoded, gen.ids, gen.states, gen.scores, gen.is_seg, obj, decode_rejected)
+            style = answer_style(gen.ids, question, gen.is_seg, self.tokenizer, self.ids,
+                                 self.model.config.conv_template) if self.draft_tokens else None
+            if style is not None:  # the next hint for as many targets guesses this model's style
+                self._hint_styles[len(gen.is_seg)] = style
             turn = Turn(question, [Piece(ids=tuple(gen.ids) + (self.ids.eos,), train=True)])
             results.append((answer, history + [turn]))
         return results
@@ -348,58 +361,48 @@ class GSVAPredictor:
         shared = [i for i, (enc, ids, _) in enumerate(rows) if self._shares_prefix(enc, ids)]
         alone = [i for i in range(len(rows)) if i not in shared]
         order = shared + alone  # the cache's row order
-        parts, objects = [], [None] * len(rows)  # (cache, mask (n, C), positions (n,), last hidden (n, D)) per part
-        if shared:
-            # every prompt's start (system message, image tokens) is in its image's prefix cache; the rest differs
-            # in length: it is padded on its left, in the middle of the row, and masked
+        parts, objects = [], [None] * len(rows)  # (cache, its column count) per part, in ``order``
+        pending = []
+        if shared:  # the system message and image tokens are in the image's prefix cache; the rest is decoded
             k = len(rows[shared[0]][0].prefix.ids)
-            rests = [rows[i][1][k:] for i in shared]
-            width = max(len(r) for r in rests)
-            feed = torch.full((len(shared), width), self.ids.pad, dtype=torch.long, device=device)
-            mask = torch.ones((len(shared), k + width), dtype=torch.long, device=device)
-            positions = torch.empty((len(shared), width), dtype=torch.long, device=device)
-            for j, rest in enumerate(rests):
-                pad = width - len(rest)
-                feed[j, pad:] = torch.tensor(rest, device=device)
-                mask[j, k:k + pad] = 0
-                positions[j] = k + (torch.arange(width, device=device) - pad).clamp_min(0)
-            cache = stack_caches([rows[i][0].prefix.cache for i in shared])
-            hidden, cache = model.language_forward(embed(feed), None if bool(mask.all()) else mask, cache,
-                                                   use_cache=True, position_ids=positions)
-            parts.append((cache, mask, positions[:, -1] + 1, hidden[:, -1]))
+            parts.append((stack_caches([rows[i][0].prefix.cache for i in shared]), k))
+            pending += [rows[i][1][k:] for i in shared]
             for i in shared:
                 enc = rows[i][0]
                 if model.uses_object_pointer:
                     objects[i] = model.object_slots(enc.prefix.hidden, torch.tensor([enc.prefix.ids], device=device),
                                                     enc.layout, [enc.resized_hw])
-        for i in alone:  # a later turn, or a model without the shared prefix: the whole prompt
+        for i in alone:  # a later turn, or a model without the shared prefix: the prompt but its last (text) id
             enc, ids, _ = rows[i]
-            row = torch.tensor([ids], device=device)
+            row = torch.tensor([ids[:-1]], device=device)
             hidden, cache = model.language_forward(model.embed_inputs(row, enc.features), None, DynamicCache(),
                                                    use_cache=True)
-            parts.append((cache, torch.ones((1, len(ids)), dtype=torch.long, device=device),
-                          torch.tensor([len(ids)], device=device), hidden[:, -1]))
+            parts.append((cache, len(ids) - 1))
+            pending.append(ids[-1:])
             if model.uses_object_pointer:
                 objects[i] = model.object_slots(hidden, row, enc.layout, [enc.resized_hw])
-        if len(parts) == 1:
-            cache, mask, positions, last = parts[0]
-        else:
-            columns = [p[1].shape[1] for p in parts]
-            cache = stack_caches([p[0] for p in parts], columns)
-            mask = torch.cat([torch.nn.functional.pad(p[1], (max(columns) - p[1].shape[1], 0)) for p in parts])
-            positions = torch.cat([p[2] for p in parts])
-            last = torch.cat([p[3] for p in parts])
+        columns = [n for _, n in parts]
+        width = max(columns)
+        cache = parts[0][0] if len(parts) == 1 else stack_caches([c for c, _ in parts], columns)
+        starts = [k] * len(shared) if shared else []
+        starts += [len(rows[i][1]) - 1 for i in alone]
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for r, n in enumerate(starts):
+            mask[r, width - n:] = 1  # shorter starts are left-padded
+        positions = torch.tensor(starts, dtype=torch.long, device=device)
 
         def forward(ids: torch.Tensor, attention_mask, position_ids: torch.Tensor) -> torch.Tensor:
             return model.language_forward(embed(ids), attention_mask, cache, use_cache=True,
                                           position_ids=position_ids)[0]
 
         budgets = [min(self.max_new_tokens, model.config.max_length - len(rows[i][1])) for i in order]
-        sources = [list(rows[i][2] or []) + list(rows[i][1]) for i in order]  # the hint first: its copy is preferred
+        hints = [list(rows[i][2] or []) for i in order]
+        sources = [h + list(rows[i][1]) for h, i in zip(hints, order)]  # the hint first: its copy is preferred
         step = None if on_step is None else (lambda r, ids: on_step(order[r], ids))
-        generated = decode(forward, model.lm_logits, cache, mask, positions, last, sources, budgets,
-                           SlotChooser(self.ids, self._banned, self.reject_threshold),
-                           self.draft_tokens, self.ids.pad, step)
+        generated = decode(forward, model.lm_logits, cache, mask, positions, pending,
+                           hints if self.draft_tokens else [[] for _ in order], sources, budgets,
+                           SlotChooser(self.ids, self._banned, self.reject_threshold), self.draft_tokens,
+                           self.ids.pad, step)
         out = [None] * len(rows)
         for r, i in enumerate(order):
             out[i] = generated[r]

@@ -63,18 +63,42 @@ def draft_from_prompt(prompt: Sequence[int], generated: Sequence[int], cursor: i
     return [], cursor
 
 
-def answer_hint(question: str, tokenizer, ids, template: str) -> list[int]:
-    """Token ids of the answer to ``question`` when every target it names is present, in the answer form our models
-    are trained with (:func:`gsva.conversation.answer_pieces`, style 0: "The segmentation results are A [SEG], B
-    [SEG]."; conversation ``template`` "chatml" or "llava_v1" decides the leading space), ending with EOS; [] when
-    the question is not one of the multi-target forms (:func:`gsva.conversation.question_phrases`). A draft source
-    only: a wrong hint costs time, never a different answer."""
-    from .conversation import answer_pieces, question_phrases, tokenize_pieces
+def answer_hint(question: str, tokenizer, ids, template: str, style: int = 0) -> list[int]:
+    """Token ids of the answer to ``question`` when every target it names is present, in answer style ``style`` of
+    the forms our models are trained with (:func:`gsva.conversation.answer_pieces`; style 0: "The segmentation
+    results are A [SEG], B [SEG]."; conversation ``template`` "chatml" or "llava_v1" decides the leading space),
+    ending with EOS; [] when the question is not one of the multi-target forms
+    (:func:`gsva.conversation.question_phrases`). A draft source only: a wrong hint costs time, never a different
+    answer."""
+    from .conversation import question_phrases
 
     phrases = question_phrases(question)
     if not phrases:
         return []
-    pieces = answer_pieces(phrases, [True] * len(phrases), style=0)
+    return _answer_ids(phrases, [True] * len(phrases), style, tokenizer, ids, template)
+
+
+def answer_style(generated: Sequence[int], question: str, present: Sequence[bool], tokenizer, ids,
+                 template: str) -> int | None:
+    """The answer style (an index of :data:`gsva.templates.ANSWER_STARTS`) whose answer to ``question``, with the
+    slots ``present`` ([SEG] True, [REJ] False), is exactly the ``generated`` ids (end of sequence excluded);
+    None when none is (a free-form answer, another question form). What the next hint for a question with as many
+    targets should guess (:class:`gsva.inference.GSVAPredictor`)."""
+    from .conversation import question_phrases
+    from .templates import ANSWER_STARTS
+
+    phrases = question_phrases(question)
+    if not phrases or len(phrases) != len(present):
+        return None
+    want = list(generated) + [ids.eos]
+    return next((c for c in range(len(ANSWER_STARTS))
+                 if _answer_ids(phrases, list(present), c, tokenizer, ids, template) == want), None)
+
+
+def _answer_ids(phrases: list[str], present: list[bool], style: int, tokenizer, ids, template: str) -> list[int]:
+    from .conversation import answer_pieces, tokenize_pieces
+
+    pieces = answer_pieces(phrases, present, style=style)
     if template == "chatml":  # its answer starts a line (gsva.conversation.render_conversation)
         pieces[0] = type(pieces[0])(pieces[0].text[1:], train=True)
     return tokenize_pieces(pieces, tokenizer, ids, num_image_tokens=0)[0]

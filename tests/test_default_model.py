@@ -32,7 +32,7 @@ def run_predict(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def smol() -> GSVAPredictor:
-    """The shipped default, loaded as ``gsva predict`` loads it (fp32, LoRA merged, 8 drafts per pass)."""
+    """The shipped default, loaded as ``gsva predict`` loads it (fp32, LoRA merged, 16 drafts per pass)."""
     return GSVAPredictor.from_pretrained(None)
 
 
