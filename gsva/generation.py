@@ -69,8 +69,9 @@ class SlotChooser:
 
 
 def stack_caches(caches: Sequence[object], lengths: Sequence[int] | None = None) -> object:
-    """One transformers ``DynamicCache`` holding the rows of ``caches`` (each one row), left-padded with zeros to
-    the longest (``lengths``: each cache's column count; the caller masks the padding). The inputs are not changed."""
+    """One transformers ``DynamicCache`` holding the rows of ``caches`` (each of one or more rows), left-padded with
+    zeros to the longest (``lengths``: each cache's column count; the caller masks the padding). New tensors: the
+    inputs are not changed."""
     from transformers import DynamicCache
 
     lengths = list(lengths) if lengths is not None else [c.get_seq_length() for c in caches]
