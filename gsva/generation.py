@@ -1,15 +1,16 @@
 """Greedy decoding of several answers at once, with a KV cache, prompt-lookup drafts and [SEG]/[REJ] recording.
 
-:func:`decode` continues B prompts that have already been run through the language model (their keys and values in
-one cache). Every forward pass feeds, per row, its last chosen token plus up to ``draft_tokens`` ids copied from
-the row's draft source (:func:`gsva.prompt_lookup.draft_from_prompt`); a drafted id is kept while it equals the
-argmax at its position, so each row's answer is its greedy answer. Rows differ in how many drafts they keep: the
-columns a row rejected stay in the cache but are masked out of attention for good, and its RoPE positions count
-only the tokens it kept, so a row sees exactly the sequence it would see decoded alone. Columns that no row kept are
-cropped, and finished rows leave the batch. With one row nothing is ever masked: plain speculative greedy decoding.
+:func:`decode` continues B prompts whose starts are already in one KV cache. The first forward pass feeds, per row,
+the rest of its prompt plus a guess of the answer's start (the answer hint); every later pass feeds the row's last
+chosen id plus up to ``draft_tokens`` ids copied from its draft source (:func:`gsva.prompt_lookup.draft_from_prompt`).
+A drafted id is kept while it equals the argmax at its position, so each row's answer is its greedy answer. Rows
+differ in how many drafts they keep: the columns a row rejected (and its padding) stay in the cache but are masked
+out of attention for good, and its RoPE positions count only the tokens it kept, so a row sees exactly the sequence
+it would see decoded alone. Columns that no row kept are cropped, and finished rows leave the batch. With one row
+nothing is ever masked: plain speculative greedy decoding.
 
-Legend: B rows, A rows still decoding, C cache columns, W tokens fed per pass (1 + the longest draft), D hidden
-size, V vocabulary.
+Legend: B rows, A rows still decoding, C cache columns, W tokens fed per pass (the longest row input of the pass),
+N positions where an id is predicted, D hidden size, V vocabulary.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def stack_caches(caches: Sequence[object], lengths: Sequence[int] | None = None)
     for layer in range(len(caches[0].layers)):
         keys, values = [], []
         for cache, n in zip(caches, lengths):
-            k, v = cache.layers[layer].keys, cache.layers[layer].values  # (1, H, n, d)
+            k, v = cache.layers[layer].keys, cache.layers[layer].values  # (rows, H, n, d)
             pad = width - n
             if pad:
                 k = torch.cat([k.new_zeros(*k.shape[:2], pad, k.shape[3]), k], dim=2)
