@@ -1,10 +1,14 @@
-"""GSVA chat: upload an image, ask for any number of targets, see each mask in its own colour.
+"""GSVA chat: upload an image (or click an example), ask for any number of targets, see each mask in its own colour.
 
     python app/app.py [--model DIR] [--host 127.0.0.1] [--port 7860] [--dtype fp32|bf16|fp16]
-                      [--load-in-8bit | --load-in-4bit]
+                      [--load-in-8bit | --load-in-4bit] [--max-upload-mb 20] [--max-megapixels 16]
+                      [--time-limit 60] [--queue-size 16]
 
-Binds to 127.0.0.1 by default, with Gradio analytics off and no share link. Besides the chat, a scriptable
-endpoint ``/segment`` (image, question -> answer text, annotated image) serves ``gradio_client``::
+Binds to 127.0.0.1 by default, with Gradio analytics off and no share link. The answer streams in; the masks, a
+legend (phrase, found / not in the image, P([SEG])) and the downloads (each mask as a 0/255 PNG at the image's size,
+and ``result.json`` with COCO RLE masks, the schema of ``gsva predict``: :mod:`gsva.answer_files`) follow when it is
+complete. One model call runs at a time; further requests wait in a queue of ``--queue-size``. Besides the chat, a
+scriptable endpoint ``/segment`` (image, question -> answer text, annotated image) serves ``gradio_client``::
 
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("photo.jpg"), "the red cup", api_name="/segment")
@@ -14,11 +18,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
+import json
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -27,24 +36,51 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
 
+from gsva.answer_files import write_answer  # noqa: E402
 from gsva.cli import add_quantization_flags  # noqa: E402
-from gsva.images import ImageError, as_rgb_array  # noqa: E402
-from gsva.inference import Answer, EncodedImage, GSVAPredictor, QuestionError  # noqa: E402
-from gsva.visualize import overlay_masks  # noqa: E402
+from gsva.errors import UserError  # noqa: E402
+from gsva.images import as_rgb_array, load_image  # noqa: E402
+from gsva.inference import MAX_QUESTION_CHARS, Answer, EncodedImage, GSVAPredictor, default_model_dir  # noqa: E402
+from gsva.visualize import found_colors, overlay_masks  # noqa: E402
+
+EXAMPLES_DIR = default_model_dir().parent / "examples"  # shipped with the package (app/make_examples.py)
+
+
+class TimeLimitError(UserError):
+    """The answer took longer than the app's per-request time limit."""
 
 
 class ChatBackend:
-    """Shared model + a small LRU of encoded images, so each image is encoded once per session of questions."""
+    """The shared model, a small LRU of encoded images (each image is encoded once for all questions about it),
+    the per-request limits, and the folders of the answers' downloads.
 
-    def __init__(self, predictor: GSVAPredictor, cache_size: int = 4) -> None:
+    ``max_pixels``: images above it are refused (:class:`gsva.images.ImageError`). ``time_limit_s``: an answer
+    still generating after this many seconds is stopped with :class:`TimeLimitError` (checked after every forward
+    pass; None: no limit). ``keep_answers``: how many answers' download folders are kept on disk.
+    """
+
+    def __init__(self, predictor: GSVAPredictor, cache_size: int = 4, max_pixels: int = 16_000_000,
+                 time_limit_s: float | None = 60.0, keep_answers: int = 64) -> None:
         self.predictor = predictor
         self.cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self.cache_size = cache_size
+        self.max_pixels = max_pixels
+        self.time_limit_s = time_limit_s
         self.lock = threading.Lock()  # guards the cache
         self.model_lock = threading.Lock()  # one model call at a time (chat and /segment share the model)
+        self.downloads_root = Path(tempfile.mkdtemp(prefix="gsva_app_"))
+        self.downloads: deque[Path] = deque()
+        self.keep_answers = keep_answers
+
+    def image_array(self, image) -> np.ndarray:
+        """An uploaded image (a file path, as the app's image box gives it, or an array) as RGB uint8 (H, W, 3).
+        Raises :class:`gsva.images.ImageError`."""
+        if isinstance(image, (str, Path)):
+            return load_image(image, max_pixels=self.max_pixels)
+        return as_rgb_array(image, max_pixels=self.max_pixels)
 
     def encoded(self, image) -> EncodedImage:
-        arr = as_rgb_array(image)
+        arr = self.image_array(image)
         key = hashlib.sha1(arr.tobytes()).hexdigest() + str(arr.shape)
         with self.lock:
             if key in self.cache:
@@ -61,22 +97,39 @@ class ChatBackend:
         """Answer in the conversation ``history``; model calls are serialised across the app's events."""
         with self.model_lock:
             enc = self.encoded(image)
-            answer, history = self.predictor.answer(enc, history, question)
+            answer, history = self.predictor.answer(enc, history, question, on_text=self._deadline())
         return answer, history, enc
 
+    def _deadline(self):
+        """An ``on_text`` callback that stops the answer once the time limit has passed (None: no limit)."""
+        if self.time_limit_s is None:
+            return None
+        start = time.monotonic()
+
+        def check(_text: str) -> None:
+            if time.monotonic() - start > self.time_limit_s:
+                raise TimeLimitError(f"the answer took longer than the time limit of {self.time_limit_s:g} s")
+        return check
 
     def ask_stream(self, image, history: list, question: str):
         """:meth:`ask`, streamed: yields ``("text", answer text so far)`` while the answer is generated, then
-        ``("done", (answer, history, encoded image))`` once its masks are decoded. Errors of the model call are
-        raised here."""
+        ``("done", (answer, history, encoded image))`` once its masks are decoded. Errors of the model call
+        (:class:`gsva.images.ImageError`, :class:`gsva.inference.QuestionError`, :class:`TimeLimitError`, bugs) are
+        raised here; the conversation ``history`` given is never changed."""
         pieces: queue.Queue = queue.Queue()
         result: dict = {}
+        deadline = self._deadline()
+
+        def on_text(text: str) -> None:
+            if deadline is not None:
+                deadline(text)
+            pieces.put(text)
 
         def work() -> None:
             try:
                 with self.model_lock:
                     enc = self.encoded(image)
-                    answer, new_history = self.predictor.answer(enc, history, question, on_text=pieces.put)
+                    answer, new_history = self.predictor.answer(enc, history, question, on_text=on_text)
                 result["done"] = (answer, new_history, enc)
             except BaseException as exc:  # handed to the caller's thread
                 result["error"] = exc
@@ -89,6 +142,18 @@ class ChatBackend:
         if "error" in result:
             raise result["error"]
         yield "done", result["done"]
+
+    def save_downloads(self, image: np.ndarray, answer: Answer) -> list[str]:
+        """Write the answer's files (:func:`gsva.answer_files.write_answer`) to a new folder; returns the paths to
+        offer for download: ``result.json``, then ``mask_<k>.png`` per found target. Only the newest
+        ``keep_answers`` folders are kept."""
+        folder = Path(tempfile.mkdtemp(dir=self.downloads_root, prefix="answer_"))
+        record = write_answer(image, answer, folder)
+        with self.lock:
+            self.downloads.append(folder)
+            while len(self.downloads) > self.keep_answers:
+                shutil.rmtree(self.downloads.popleft(), ignore_errors=True)
+        return [str(folder / "result.json")] + [str(folder / t["mask"]) for t in record["targets"] if t["mask"]]
 
 
 def describe(answer: Answer) -> str:
@@ -105,62 +170,132 @@ def describe(answer: Answer) -> str:
     return "\n".join(lines)
 
 
-def annotations(answer: Answer) -> list[tuple[np.ndarray, str]]:
-    """(mask, label) pairs for ``gr.AnnotatedImage``, one per found target."""
-    return [(t.mask.astype(np.float32), t.phrase or f"[SEG] {k}")
-            for k, t in enumerate(t for t in answer.targets if t.status == "seg" and t.mask is not None)]
+def legend_html(answer: Answer | None) -> str:
+    """The legend: one row per target of the answer, in order: its colour in the overlay (none when not found),
+    its phrase, its status, and P([SEG]) / (P([SEG]) + P([REJ])) at its slot, in percent."""
+    if answer is None:
+        return ""
+    if not answer.targets:
+        return "<p class='gsva-legend-empty'>No targets in this answer (it is answered in words).</p>"
+    rows = []
+    for target, color in zip(answer.targets, found_colors(answer)):
+        swatch = (f"<span class='gsva-swatch' style='background: rgb{tuple(color)}'></span>" if color
+                  else "<span class='gsva-swatch gsva-none'></span>")
+        status = "found" if color else ("found, empty mask" if target.status == "seg" else "not in the image")
+        rows.append(f"<tr data-status='{target.status}'><td>{swatch}</td><td>{html.escape(target.phrase or '')}</td>"
+                    f"<td>{status}</td><td>{100 * target.score:.1f} %</td></tr>")
+    return ("<table class='gsva-legend'><thead><tr><th></th><th>target</th><th>status</th><th>P([SEG])</th></tr>"
+            "</thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def build_demo(backend: ChatBackend):
+def model_panel(predictor: GSVAPredictor, model_dir: Path, dtype: str) -> str:
+    """Markdown saying which model is loaded and what it knows (the model folder's README.md, when it has one)."""
+    config = predictor.model.config
+    text = config.text
+    base = f"base `{text.base}`, " if getattr(text, "base", None) else ""
+    where = "the default shipped with the package" if Path(model_dir).resolve() == default_model_dir() else f"`{model_dir}`"
+    lines = [(f"**Model:** `{config.name}`, {where} ({dtype}); language model: {base}"
+              f"{text.num_hidden_layers} layers, hidden size {text.hidden_size}; vision tower "
+              f"{config.vision.num_hidden_layers} layers at {config.vision.image_size} px; "
+              f"{config.num_image_tokens} image tokens.")]
+    card = model_dir / "README.md"
+    if card.is_file():
+        body = card.read_text(encoding="utf-8").split("\n", 1)[-1].strip()  # without the card's title line
+        lines.append(body)
+    else:
+        lines.append("This model folder has no README.md saying what it was trained on.")
+    return "\n\n".join(lines)
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
+    """[image path, question] rows of the example gallery (``examples.json`` of ``app/make_examples.py``): every
+    scene's first question, then every scene's second, and so on (a page of the gallery shows one kind)."""
+    index = folder / "examples.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text())
+    rounds = max(len(item["questions"]) for item in items)
+    return [[str(folder / item["image"]), item["questions"][k]] for k in range(rounds) for item in items
+            if k < len(item["questions"])]
+
+
+CSS = """
+.gsva-legend { border-collapse: collapse; width: 100%; }
+.gsva-legend th, .gsva-legend td { padding: 4px 8px; text-align: left; border-bottom: 1px solid #8884; }
+.gsva-swatch { display: inline-block; width: 18px; height: 18px; border-radius: 3px; vertical-align: middle; }
+.gsva-none { border: 1px dashed #888; }
+"""
+
+
+def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[str]] | None = None,
+               examples_per_page: int = 4):
     """The Gradio Blocks app (nothing is launched here)."""
     import gradio as gr
 
     def on_ask(image, question, chat, history):
         if image is None:
-            raise gr.Error("Upload an image first.")
-        chat = list(chat or []) + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+            raise gr.Error("Upload an image first, or click an example.")
+        chat = list(chat or []) + [{"role": "user", "content": question}, {"role": "assistant", "content": "…"}]
         try:
             for kind, value in backend.ask_stream(image, history or [], question):
                 if kind == "text":  # the answer streams in; the masks come with the last update
                     chat[-1] = {"role": "assistant", "content": value}
-                    yield chat, gr.skip(), gr.skip(), gr.skip()
+                    yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
                     answer, history, enc = value
-        except (ImageError, QuestionError) as exc:
+        except UserError as exc:  # a bad image or question, or the time limit: the conversation stays as it was
             raise gr.Error(str(exc)) from None
         chat[-1] = {"role": "assistant", "content": describe(answer)}
-        yield chat, (enc.image, annotations(answer)), "", history
-
-    def on_new_image(_image):
-        return [], None, []
+        files = backend.save_downloads(enc.image, answer)
+        yield chat, overlay_masks(enc.image, answer), legend_html(answer), files, "", history
 
     def segment(image, question):
         if image is None:
             raise gr.Error("an image is required")
         try:
             answer, _, enc = backend.ask(image, [], question)
-        except (ImageError, QuestionError) as exc:
+        except UserError as exc:
             raise gr.Error(str(exc)) from None
         return describe(answer), overlay_masks(enc.image, answer)
 
+    new_conversation = ([], None, "", None, [])  # chat, overlay, legend, downloads, history
     with gr.Blocks(title="GSVA chat", analytics_enabled=False) as demo:
-        gr.Markdown("## GSVA — ask for several targets at once; absent ones are rejected with `[REJ]`")
+        gr.Markdown("## GSVA chat — name several targets at once; each comes back as a mask (`[SEG]`) or is "
+                    "rejected (`[REJ]`)")
         history = gr.State([])
+        if model_info:
+            with gr.Accordion("About the model", open=True):
+                gr.Markdown(model_info, elem_id="gsva-model")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="numpy", label="Image", sources=["upload", "clipboard"])
-                question = gr.Textbox(label="Question", placeholder="What are the red circle, the blue star in this "
-                                                                    "image?")
+                # the uploaded file as it is (image_mode None): gsva.images.load_image decodes it under our limits
+                image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+                                 height=360, elem_id="gsva-image")
+                question = gr.Textbox(label="Question", max_length=MAX_QUESTION_CHARS, elem_id="gsva-question",
+                                      placeholder="What are the red circle, the blue star in this image?")
                 with gr.Row():
-                    send = gr.Button("Ask", variant="primary")
-                    clear = gr.Button("New conversation")
+                    send = gr.Button("Ask", variant="primary", elem_id="gsva-ask")
+                    clear = gr.Button("New conversation", elem_id="gsva-new")
+                if examples:
+                    gr.Examples(examples, [image, question], label="Examples: click one, then Ask",
+                                examples_per_page=examples_per_page, elem_id="gsva-examples")
             with gr.Column():
-                result = gr.AnnotatedImage(label="Masks")
-                chat = gr.Chatbot(label="Conversation", height=320)
-        send.click(on_ask, [image, question, chat, history], [chat, result, question, history], api_name=False)
-        question.submit(on_ask, [image, question, chat, history], [chat, result, question, history], api_name=False)
-        image.change(on_new_image, [image], [chat, result, history], api_name=False)
-        clear.click(lambda: ([], None, []), None, [chat, result, history], api_name=False)
+                result = gr.Image(type="numpy", label="Masks", interactive=False, format="png",
+                                  height=360, elem_id="gsva-overlay")
+                legend = gr.HTML(elem_id="gsva-legend")
+                chat = gr.Chatbot(label="Conversation", height=300, elem_id="gsva-chat")
+                downloads = gr.File(label="Downloads: result.json (COCO RLE masks) and one PNG per mask",
+                                    file_count="multiple", interactive=False, elem_id="gsva-downloads")
+        limit = f"{backend.time_limit_s:g} s per answer, " if backend.time_limit_s else ""
+        gr.Markdown(f"Limits: images up to {backend.max_pixels / 1e6:g} MP, questions up to {MAX_QUESTION_CHARS} "
+                    f"characters, {limit}one answer at a time (others wait in the queue). A new image starts a new "
+                    "conversation.")
+        outputs = [chat, result, legend, downloads, question, history]
+        send.click(on_ask, [image, question, chat, history], outputs, api_name=False)
+        question.submit(on_ask, [image, question, chat, history], outputs, api_name=False)
+        image.change(lambda _image: new_conversation, [image], [chat, result, legend, downloads, history],
+                     api_name=False)
+        clear.click(lambda: new_conversation, None, [chat, result, legend, downloads, history], api_name=False)
         # scriptable endpoint: gradio_client ... api_name="/segment"
         api_image = gr.Image(type="numpy", visible=False)
         api_question = gr.Textbox(visible=False)
@@ -180,11 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="fp16 only where the device supports it (CUDA)")
     add_quantization_flags(parser)
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted, in MB")
+    parser.add_argument("--max-megapixels", type=float, default=16.0, help="largest image accepted, in megapixels")
+    parser.add_argument("--time-limit", type=float, default=60.0,
+                        help="seconds an answer may take before it is stopped (0: no limit)")
+    parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for the model")
     args = parser.parse_args(argv)
     import torch
 
     from gsva.errors import USER_ERRORS
 
+    for name in ("max_upload_mb", "max_megapixels", "queue_size"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")  # exits 2
+    if args.time_limit < 0:
+        parser.error("--time-limit must be 0 or more")
     try:
         quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
         predictor = GSVAPredictor.from_pretrained(
@@ -193,9 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:  # a bad checkpoint, bitsandbytes missing for 8/4-bit, an unreadable file
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    demo = build_demo(ChatBackend(predictor))
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=False,
-                                                   show_error=True)
+    backend = ChatBackend(predictor, max_pixels=int(args.max_megapixels * 1e6),
+                          time_limit_s=args.time_limit or None)
+    demo = build_demo(backend, model_panel(predictor, args.model or default_model_dir(), args.dtype),
+                      load_examples())
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(
+        server_name=args.host, server_port=args.port, share=False, show_error=True,
+        max_file_size=f"{args.max_upload_mb:g}mb", css=CSS)
     return 0
 
 

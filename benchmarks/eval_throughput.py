@@ -8,7 +8,7 @@ Runs :func:`gsva.evaluation.run_benchmark` on the first ``--images`` images (aft
 protocol at each batch size (batch 1 of ``generate`` is one question at a time) and prints expressions/s. Every
 batch size must give the rows of batch 1 (``identical``: the same answers, decisions and masks, slot scores within
 1e-4); where they differ, ``differences_from_batch_1`` counts how (bf16 rounds differently in batched kernels). Target (issue #18): generate at the best batch size >= 3x batch 1, on
-2 CPU cores, the shipped default. Figures measured here are in the README ("Evaluation").
+2 CPU cores, the shipped default. Figures measured here are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

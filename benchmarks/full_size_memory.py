@@ -86,7 +86,7 @@ def estimate(cfg, counts: dict, targets: list[int], batch: int, image_hw=(480, 6
 
 def measure(cfg, targets: list[int], batch: int) -> list[tuple[str, float]]:  # pragma: no cover - needs CUDA
     """Peak ``max_memory_allocated`` per case, random bf16 weights on the GPU. (Not yet run: no GPU was lent when
-    it was written; the estimate above is what the README reports.)"""
+    it was written; the estimate above is what docs/benchmarks.md reports.)"""
     from gsva.modeling.seg_tokens import locate_slots
     from gsva.quantization import quantize_language_model
     from gsva.trainable import set_trainable

@@ -8,8 +8,8 @@ the language-model cross-entropy of every answer token is computed once with the
 image of the next item in its batch of 8 (``roll(1)``). The gain, CE(other image) - CE(own image) in nats per token,
 is reported separately for the ``[SEG]``/``[REJ]`` slot tokens (the presence decisions), the other GRES answer tokens
 and, with ``--describe-rate`` > 0, the describe-the-scene answers (:mod:`gsva.data.describe`). A gain near 0 means the
-image does not inform those tokens: the model answers from the text. (Measured on gsva-tiny runs; README, "Known
-weakness".)
+image does not inform those tokens: the model answers from the text. (Measured on gsva-tiny runs; docs/training.md,
+"Known weakness".)
 """
 
 from __future__ import annotations

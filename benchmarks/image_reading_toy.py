@@ -13,8 +13,8 @@ Images are 160x120 grey with 1-3 coloured 30-pixel squares (``--task name``: exa
 
 A fresh ``gsva-tiny`` model (the shipped config, its own tokenizer trained on the toy texts) is trained with AdamW
 (betas 0.9/0.95, as the recipe) on batches of 8, and every ``--eval-every`` steps its accuracy on 200 held-out
-toy questions is printed (chance: 1/6 for ``name``, 1/2 for ``exists``). Figures measured here are in the README
-("Known weakness").
+toy questions is printed (chance: 1/6 for ``name``, 1/2 for ``exists``). Figures measured here are in
+docs/training.md ("Known weakness").
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Without ``--data-root`` a 200-image synthetic set is written to a temporary folder. The recipe is
 ``train/configs/gsva_tiny_synth.yaml`` (GRES only) or, with ``--mixture``, ``gsva_tiny_mixture.yaml`` (all four
 families; ``--data-root`` is then the dataset_dir, by default stand-ins written by ``gsva standins``), with the given
-batch size and precision; the first 3 steps are warm-up and not timed. Figures measured here are in the README.
+batch size and precision; the first 3 steps are warm-up and not timed. Figures measured here are in docs/training.md.
 """
 
 from __future__ import annotations

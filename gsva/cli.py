@@ -40,36 +40,13 @@ def _standins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_answer(image, answer, out: Path) -> list[dict]:
-    """Write ``out``/mask_K.png (0/255, original size) per found target, overlay.png and result.json; returns the
-    targets' JSON records."""
-    import numpy as np
-    from PIL import Image
-
-    from .visualize import overlay_masks
-
-    out.mkdir(parents=True, exist_ok=True)
-    targets = []
-    k = 0
-    for t in answer.targets:
-        name = None
-        if t.status == "seg" and t.mask is not None:
-            name = f"mask_{k}.png"
-            Image.fromarray((t.mask.astype(np.uint8) * 255)).save(out / name)
-            k += 1
-        targets.append({"phrase": t.phrase, "status": t.status, "score": round(t.score, 6), "mask": name})
-    Image.fromarray(overlay_masks(image, answer)).save(out / "overlay.png")
-    result = {"answer": answer.text, "targets": targets}
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return targets
-
-
 def _print_targets(targets: list[dict]) -> None:
     for t in targets:
         sys.stdout.write(f"  {t['status']}  {t['score']:.3f}  {t['phrase']}  {t['mask'] or ''}\n")
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .answer_files import write_answer
     from .images import load_image
     from .inference import GSVAPredictor
 
@@ -77,15 +54,16 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype), quantization=_quant(args))
     predictor.set_image(image)
     answer = predictor.ask(args.query)
-    targets = _write_answer(image, answer, Path(args.out))
+    record = write_answer(image, answer, Path(args.out))
     sys.stdout.write(answer.text + "\n")
-    _print_targets(targets)
+    _print_targets(record["targets"])
     return 0
 
 
 def _chat(args: argparse.Namespace) -> int:
     """Questions from standard input about one image; each answer streams to standard output and its masks go to
     ``out``/turn_NNN/. ``/new`` starts a new conversation, ``/quit`` (or end of input) ends."""
+    from .answer_files import write_answer
     from .images import load_image
     from .inference import GSVAPredictor, QuestionError
 
@@ -127,7 +105,7 @@ def _chat(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         turn += 1
         out = Path(args.out) / f"turn_{turn:03d}"
-        _print_targets(_write_answer(image, answer, out))
+        _print_targets(write_answer(image, answer, out)["targets"])
         sys.stdout.write(f"  (masks in {out})\n")
         sys.stdout.flush()
 

@@ -80,3 +80,42 @@ def standins_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("standins") / "data"
     write_paper_standins(root, seed=5, images=6, refer_images=40)
     return root
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The chat app (``app/app.py`` on the shipped default) served on a free localhost port for the session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    app = Path(__file__).resolve().parents[1] / "app" / "app.py"
+    proc = subprocess.Popen([sys.executable, str(app), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("app exited: " + proc.stdout.read())
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("app did not start in 180 s")
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(timeout=30)

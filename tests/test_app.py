@@ -1,10 +1,7 @@
-"""The Gradio app on localhost, driven through gradio_client's ``/segment`` endpoint."""
+"""The Gradio app: its ``/segment`` endpoint on localhost through gradio_client, and its backend's parts (streaming,
+limits, downloads, legend, examples) on the micro model. The page itself is driven in a browser by test_browser.py."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
+import json
 from pathlib import Path
 
 import pytest
@@ -13,36 +10,6 @@ from PIL import Image
 from gsva.data.synth import make_scene
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "app" / "app.py"), "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("app exited: " + proc.stdout.read())
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("app did not start in 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -74,39 +41,148 @@ def test_segment_endpoint_reports_bad_input(app_url, tmp_path):
         client.predict(handle_file(str(tmp_path / "one.png")), "the cup", api_name="/segment")
 
 
-def test_chat_text_lists_found_and_rejected_targets():
+def _app_module():
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("gsva_app", REPO / "app" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    return app
+
+
+def _answer():
     import numpy as np
 
     from gsva.inference import Answer, Target
 
-    spec = importlib.util.spec_from_file_location("gsva_app", REPO / "app" / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    mask = np.zeros((4, 4), bool)
-    mask[1, 1] = True
-    answer = Answer("Sure, the dog:[SEG], the zebra:[REJ].",
-                    [Target("the dog", "seg", 0.9, mask), Target("the zebra", "rej", 0.1)])
-    text = app.describe(answer)
-    assert text.splitlines() == ["Sure, the dog:[SEG], the zebra:[REJ].", "Found: the dog",
-                                 "Not found in the image: the zebra"]
-    (m, label), = app.annotations(answer)
-    assert label == "the dog" and m.dtype == np.float32 and m.sum() == 1
+    mask = np.zeros((40, 56), bool)
+    mask[10:20, 5:30] = True
+    return Answer("Sure, the dog:[SEG], the <b>zebra</b>:[REJ].",
+                  [Target("the dog", "seg", 0.9, mask), Target("the <b>zebra</b>", "rej", 0.125)])
 
 
+def test_chat_text_lists_found_and_rejected_targets():
+    text = _app_module().describe(_answer())
+    assert text.splitlines() == ["Sure, the dog:[SEG], the <b>zebra</b>:[REJ].", "Found: the dog",
+                                 "Not found in the image: the <b>zebra</b>"]
+
+
+def test_legend_lists_every_target_with_its_colour_status_and_probability():
+    from gsva.visualize import PALETTE
+
+    app = _app_module()
+    legend = app.legend_html(_answer())
+    rows = legend.split("<tr data-status=")[1:]
+    assert len(rows) == 2
+    assert f"rgb{PALETTE[0]}" in rows[0] and "found" in rows[0] and "90.0 %" in rows[0]
+    assert "gsva-none" in rows[1] and "not in the image" in rows[1] and "12.5 %" in rows[1]
+    assert "<b>" not in legend and "&lt;b&gt;zebra" in legend  # phrases are escaped, never HTML
+    assert "answered in words" in app.legend_html(type(_answer())("It is red.", []))
+
+
+def test_downloads_are_the_masks_and_a_result_json_with_rle(micro_model, tokenizer):
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from gsva.inference import GSVAPredictor
+
+    app = _app_module()
+    backend = app.ChatBackend(GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0),
+                              keep_answers=2)
+    answer = _answer()
+    image = np.zeros((40, 56, 3), np.uint8)
+    folders = []
+    for _ in range(3):
+        files = backend.save_downloads(image, answer)
+        folders.append(Path(files[0]).parent)
+    assert [Path(f).name for f in files] == ["result.json", "mask_0.png"]
+    record = json.loads(Path(files[0]).read_text())
+    assert record["image"] == {"height": 40, "width": 56} and record["answer"] == answer.text
+    seg, rej = record["targets"]
+    assert (seg["status"], seg["mask"], rej["status"], rej["mask"], rej["segmentation"]) == \
+        ("seg", "mask_0.png", "rej", None, None)
+    rle = dict(seg["segmentation"], counts=seg["segmentation"]["counts"].encode())
+    assert (mask_utils.decode(rle).astype(bool) == answer.targets[0].mask).all()
+    png = np.asarray(Image.open(files[1]))
+    assert png.shape == (40, 56) and set(np.unique(png)) == {0, 255} and ((png == 255) == answer.targets[0].mask).all()
+    assert not folders[0].exists() and folders[1].exists() and folders[2].exists()  # only the newest 2 are kept
+
+
+def test_an_answer_over_the_time_limit_stops_with_a_clear_error(micro_model, tokenizer):
+    import numpy as np
+
+    from gsva.inference import GSVAPredictor
+
+    app = _app_module()
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0)
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    history: list = []
+    backend = app.ChatBackend(predictor, time_limit_s=0.0)
+    with pytest.raises(app.TimeLimitError, match="time limit of 0 s"):
+        list(backend.ask_stream(image, history, "the red circle"))
+    with pytest.raises(app.TimeLimitError):
+        backend.ask(image, history, "the red circle")
+    assert history == []  # the conversation is as it was
+    answer, new_history, _ = app.ChatBackend(predictor, time_limit_s=None).ask(image, history, "the red circle")
+    assert len(new_history) == 1
+
+
+def test_images_above_the_apps_pixel_limit_are_refused(micro_model, tokenizer, tmp_path):
+    import numpy as np
+
+    from gsva.images import ImageError
+    from gsva.inference import GSVAPredictor
+
+    app = _app_module()
+    backend = app.ChatBackend(GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0),
+                              max_pixels=1000)
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="at most"):
+        backend.encoded(str(tmp_path / "big.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageError, match="not a readable image"):
+        backend.encoded(str(tmp_path / "broken.png"))
+
+
+def test_the_example_gallery_is_what_its_script_draws(tmp_path):
+    """The shipped gallery is reproducible from app/make_examples.py, and every example names present and absent
+    targets of its own scene."""
+    import subprocess
+    import sys
+
+    shipped = REPO / "gsva" / "assets" / "examples"
+    subprocess.run([sys.executable, str(REPO / "app" / "make_examples.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    assert (tmp_path / "examples.json").read_text() == (shipped / "examples.json").read_text()
+    items = json.loads((shipped / "examples.json").read_text())
+    for item in items:
+        assert (Image.open(tmp_path / item["image"]).tobytes() == Image.open(shipped / item["image"]).tobytes())
+    rows = _app_module().load_examples(shipped)
+    assert len(rows) == sum(len(item["questions"]) for item in items) >= 8
+    assert [Path(p).name for p, _ in rows[:len(items)]] == [item["image"] for item in items]
+    assert all(q.startswith("What are ") for _, q in rows[:len(items)])  # the first page: multi-target questions
+
+
+def test_the_model_panel_names_the_model_and_what_it_knows(micro_model, tokenizer, tmp_path):
+    from gsva.inference import GSVAPredictor, default_model_dir
+
+    app = _app_module()
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0)
+    text = app.model_panel(predictor, tmp_path, "fp32")
+    assert micro_model.config.name in text and "no README.md" in text
+    shipped = app.model_panel(predictor, default_model_dir(), "fp32")
+    assert "Does not know" in shipped and "# gsva-smol" not in shipped
+
+
+@pytest.mark.slow
 def test_the_chat_streams_the_answer_then_gives_the_masks(micro_model, tokenizer):
     """The app's backend yields the growing answer text, then the answer whose text it ended on; an error of the
     model call reaches the caller."""
-    import importlib.util
-
     import numpy as np
 
     from gsva.inference import GSVAPredictor, QuestionError
 
-    spec = importlib.util.spec_from_file_location("gsva_app", REPO / "app" / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = _app_module()
     backend = app.ChatBackend(GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0))
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     events = list(backend.ask_stream(image, [], "the red circle"))

@@ -3,7 +3,7 @@
 LLaVA's first stage aligns vision and language on captions before any instruction tuning; the paper's models start
 from such a LLaVA. ``gsva-tiny`` has no such start: its vision tower, projector and language model begin random, and
 trained on GRES conversations alone its language model learns to answer from the question's text and ignore the
-image (README "Known weakness"). A GRES answer gives one image-dependent decision per target ([SEG] or [REJ]); a
+image (docs/training.md, "Known weakness"). A GRES answer gives one image-dependent decision per target ([SEG] or [REJ]); a
 description gives one per word. Mixing these conversations into training (``TrainRecipe.caption_rate``) is our
 addition for the from-scratch recipe; the official recipe has no such task.
 

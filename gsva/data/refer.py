@@ -270,7 +270,7 @@ def open_refer_dataset(refer_root: str | Path, dataset: str, image_root: str | P
 
 
 def open_custom_dataset(folder: str | Path, image_root: str | Path | None = None) -> ReferDataset:
-    """Open a dataset in our documented custom format (README, "Fine-tuning on your own data")::
+    """Open a dataset in our documented custom format (docs/training.md, "Fine-tuning on your own data")::
 
         <folder>/instances.json    COCO: images [{id, file_name, height, width}],
                                    annotations [{id, image_id, segmentation (polygons or RLE), iscrowd?}]

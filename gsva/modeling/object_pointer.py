@@ -1,6 +1,6 @@
 """Object pointer: which of the image's objects a ``[SEG]`` names, and that object's box as a SAM prompt.
 
-Why (measured on ``gsva-smol``, README "How gsva-smol was built"): with the paper's prompting alone (the projected
+Why (measured on ``gsva-smol``, docs/gsva-smol.md): with the paper's prompting alone (the projected
 ``[SEG]`` hidden state as SAM's only sparse prompt) the masks landed on *an* object but mostly not the one asked about
 (9 of 39 one-target questions on the asked object, 27 on another), although the language model told present from
 absent targets well. The language model already matches the phrase against the object tokens it reads

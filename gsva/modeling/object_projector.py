@@ -1,6 +1,6 @@
 """Object-word projector: the image becomes a short list of objects, each written as the words the tower reads.
 
-Why (measured with SmolLM2 on presence and conjunction questions, README "How gsva-smol was built"): the pretrained
+Why (measured with SmolLM2 on presence and conjunction questions, docs/gsva-smol.md): the pretrained
 language model matches a question against a scene written in words ("a red square, a blue circle") within about a
 hundred fine-tuning steps; the same words laid out as a patch grid (one token per word group per patch, most of them
 "background") took about three times as long for conjunctions, and our 192-token grid did not get there in 250

@@ -1,6 +1,6 @@
 """Word projector: each image patch becomes the language model's own embeddings of the words the tower reads there.
 
-Why (measured; the README's "How gsva-smol was built"): in front of a pretrained language model, image tokens that
+Why (measured; docs/gsva-smol.md): in front of a pretrained language model, image tokens that
 are exactly the embeddings of the words they depict are matched against a question within about a hundred
 fine-tuning steps, while continuous tokens carrying the same information (learned projectors, even blends of the
 right words' embeddings) stayed at chance for several times as long. So the projector classifies every patch into

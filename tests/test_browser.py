@@ -1,0 +1,185 @@
+"""The chat app in a real browser: headless Chromium (Debian's ``chromium``, or ``GSVA_CHROMIUM``) driven by
+Playwright, on the shipped default model.
+
+A newcomer's path: click an example, ask, watch the answer stream in, see the masks and the legend, download the
+answer, ask a follow-up; a second user's conversation stays their own. The screenshot of the first answer goes to
+the test's folder and, with ``GSVA_SCREENSHOT=PATH`` set, to PATH too (docs/app.png is made that way). Skipped, with the reason printed,
+where Playwright or Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+# Records the assistant's message each time the chat changes, so the test can see the answer grow.
+RECORD_CHAT = """() => {
+  window.gsvaChat = [];
+  const chat = document.querySelector('#gsva-chat');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('[data-testid="bot"]');
+    if (bots.length) window.gsvaChat.push(bots[bots.length - 1].innerText);
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def _chromium() -> str | None:
+    return os.environ.get("GSVA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (Debian: apt-get install chromium; or set GSVA_CHROMIUM to its path)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def _examples():
+    items = json.loads((REPO / "gsva" / "assets" / "examples" / "examples.json").read_text())
+    return items
+
+
+def _ask(page, question: str | None = None) -> None:
+    if question is not None:
+        page.locator("#gsva-question textarea").fill(question)
+    page.evaluate(RECORD_CHAT)
+    page.locator("#gsva-ask").click()
+
+
+def _wait_answer(page, messages: int) -> str:
+    """Wait until the chat holds ``messages`` messages and the last answer is complete (the app adds its found / not
+    found lines to the answer only with the masks), then return the chat's text."""
+    page.wait_for_function(
+        """n => {
+          const all = document.querySelectorAll('#gsva-chat [data-testid="bot"], #gsva-chat [data-testid="user"]');
+          if (all.length < n) return false;
+          const last = all[all.length - 1].innerText;
+          return /Found: |Not found in the image: |\\(the answer contains no/.test(last);
+        }""", arg=messages, timeout=120_000)
+    page.wait_for_timeout(300)
+    return page.locator("#gsva-chat").inner_text()
+
+
+def _legend(page) -> list[list[str]]:
+    rows = page.locator("#gsva-legend tbody tr")
+    return [rows.nth(i).locator("td").all_inner_texts()[1:] for i in range(rows.count())]
+
+
+def test_a_newcomer_clicks_an_example_asks_downloads_and_follows_up(browser, app_url, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    first = _examples()[0]
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    page.wait_for_selector("#gsva-examples")
+    assert "gsva-smol" in page.locator("#gsva-model").inner_text()  # the model panel
+    page.locator("[data-testid='dataset-cell-0-1']").click()  # the first example: its image and question
+    page.wait_for_function("q => document.querySelector('#gsva-question textarea').value === q",
+                           arg=first["questions"][0], timeout=10_000)
+    page.wait_for_selector("#gsva-image img")
+    _ask(page)
+    chat = _wait_answer(page, 2)
+
+    # the answer streamed: the chat showed a growing prefix of the final answer before it was complete
+    states = [s.strip() for s in page.evaluate("window.gsvaChat") if s.strip() and s.strip() != "…"]
+    answer_text = chat.split(first["questions"][0], 1)[1].strip().splitlines()[0]
+    partial = {s for s in states if answer_text.startswith(s) and len(s) < len(answer_text)}
+    assert partial, f"no partial answer was shown before the whole one; chat states: {states}"
+
+    # the legend names the three asked phrases, in the answer's order, each found or not in the image
+    legend = _legend(page)
+    asked = first["questions"][0][len("What are "):-len(" in this image?")].split(", ")
+    assert sorted(row[0] for row in legend) == sorted(asked)
+    assert {row[1] for row in legend} <= {"found", "not in the image", "found, empty mask"}
+    found = [row[0] for row in legend if row[1] == "found"]
+    overlay = page.locator("#gsva-overlay img")
+    assert overlay.count() == 1 and overlay.get_attribute("src")
+    shot = tmp_path / "app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000
+    if os.environ.get("GSVA_SCREENSHOT"):
+        shutil.copy(shot, os.environ["GSVA_SCREENSHOT"])
+
+    # downloads: result.json (COCO RLE) and one PNG per found mask, at the image's size
+    links = page.locator("#gsva-downloads a[download]")
+    names = [links.nth(i).get_attribute("download") for i in range(links.count())]
+    assert names == ["result.json"] + [f"mask_{k}.png" for k in range(len(found))]
+    record = json.loads(page.request.get(links.nth(0).get_attribute("href")).body())
+    from PIL import Image
+    scene = Image.open(REPO / "gsva" / "assets" / "examples" / first["image"])
+    assert record["image"] == {"height": scene.height, "width": scene.width}
+    assert [t["phrase"] for t in record["targets"]] == [row[0] for row in legend]
+    if found:
+        (tmp_path / "mask_0.png").write_bytes(page.request.get(links.nth(1).get_attribute("href")).body())
+        png = np.asarray(Image.open(tmp_path / "mask_0.png"))
+        seg = next(t for t in record["targets"] if t["mask"] == "mask_0.png")["segmentation"]
+        rle = dict(seg, counts=seg["counts"].encode())
+        assert png.shape == (scene.height, scene.width) and ((png == 255) == mask_utils.decode(rle).astype(bool)).all()
+
+    # a second user asks about another example; the first user's conversation is untouched by it
+    other = browser.new_page(viewport={"width": 1400, "height": 1100})
+    other.goto(app_url)
+    other.wait_for_selector("#gsva-examples")
+    other.locator("[data-testid='dataset-cell-1-1']").click()
+    other.wait_for_selector("#gsva-image img")
+    other.wait_for_timeout(300)
+    _ask(other)
+    other_chat = _wait_answer(other, 2)
+    assert _examples()[1]["questions"][0] in other_chat and first["questions"][0] not in other_chat
+    other.close()
+
+    # the follow-up keeps the conversation
+    follow_up = first["questions"][1]
+    _ask(page, follow_up)
+    chat = _wait_answer(page, 4)
+    assert first["questions"][0] in chat and follow_up in chat and _examples()[1]["questions"][0] not in chat
+    assert len(_legend(page)) >= 1
+    page.screenshot(path=str(tmp_path / "follow_up.png"), full_page=True)
+
+    # "New conversation" clears the chat, the masks, the legend and the downloads
+    page.locator("#gsva-new").click()
+    page.wait_for_function("() => !document.querySelector('#gsva-legend table')", timeout=10_000)
+    assert first["questions"][0] not in page.locator("#gsva-chat").inner_text()
+    assert page.locator("#gsva-downloads a[download]").count() == 0
+
+    # ... and so does another image: a new conversation about it
+    _ask(page, first["questions"][0])
+    assert first["questions"][0] in _wait_answer(page, 2)
+    page.locator("[data-testid='dataset-cell-1-1']").click()  # the second scene's example
+    page.wait_for_function("() => !document.querySelector('#gsva-legend table')", timeout=10_000)
+    assert first["questions"][0] not in page.locator("#gsva-chat").inner_text()
+    page.close()
+
+
+def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.wait_for_selector("#gsva-ask")
+    page.locator("#gsva-question textarea").fill("What are the red circle in this image?")
+    page.locator("#gsva-ask").click()  # no image yet
+    page.wait_for_selector("text=Upload an image first", timeout=20_000)
+    page.locator("[data-testid='dataset-cell-0-1']").click()
+    page.wait_for_selector("#gsva-image img")
+    page.locator("#gsva-question textarea").fill("   ")
+    page.locator("#gsva-ask").click()
+    page.wait_for_selector("text=empty", timeout=20_000)
+    assert "Traceback" not in page.content()
+    page.close()
