@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from gsva.data.grefcoco import AnnotationError, GRefCOCO
@@ -196,3 +197,37 @@ def test_point_prompts_lie_on_their_instances(synth_root, tokenizer):
     assert seen > 20
     off = GRESConversationDataset(gref, "train", tokenizer, add_control_tokens(tokenizer), micro_config())
     assert off[0].point_coords is None
+
+
+def test_follow_up_conversations_ask_the_targets_over_two_supervised_turns(synth_root, tokenizer):
+    """follow_up_rate 1: every item with two or more targets is two turns (two user questions), each answer's
+    [SEG]/[REJ] slots supervised, the masks in slot order; rate 0 draws exactly the one-turn items as before."""
+    from gsva.data.gres_dataset import GRESConversationDataset
+    from gsva.tokens import add_control_tokens
+
+    from .conftest import micro_config
+
+    gref = GRefCOCO(synth_root / "grefcoco", synth_root / "images")
+    ids = add_control_tokens(tokenizer)
+    two = GRESConversationDataset(gref, "train", tokenizer, ids, micro_config(), follow_up_rate=1.0)
+    one = GRESConversationDataset(gref, "train", tokenizer, ids, micro_config())
+    again = GRESConversationDataset(gref, "train", tokenizer, ids, micro_config(), follow_up_rate=0.0)
+    def questions(sample) -> int:
+        return tokenizer.decode(sample.input_ids[sample.input_ids != ids.image]).count("in this image")
+
+    turns_seen = 0
+    for i in range(len(two)):
+        s, base = two[i], one[i]
+        assert torch.equal(base.input_ids, again[i].input_ids)  # rate 0: the draws of before
+        assert questions(base) == 1
+        phrases = s.meta["phrases"]
+        # two turns whenever two targets fit the context (a prefix that fits may end inside the first turn)
+        assert questions(s) == 1 if len(phrases) == 1 else questions(s) in (1, 2)
+        turns_seen += questions(s) == 2
+        slots = ((s.input_ids == ids.seg) | (s.input_ids == ids.rej))
+        assert int(slots.sum()) == len(phrases)
+        assert (s.labels[slots] == s.input_ids[slots]).all()  # every slot of both answers is supervised
+        assert s.gt_masks.shape[0] == int((s.input_ids == ids.seg).sum())
+    assert turns_seen > 5
+    with pytest.raises(ValueError, match="follow_up_rate"):
+        GRESConversationDataset(gref, "train", tokenizer, ids, micro_config(), follow_up_rate=1.5)

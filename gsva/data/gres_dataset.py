@@ -45,11 +45,18 @@ class GRESConversationDataset(Dataset):
         seed: base seed; item ``i`` at its ``e``-th access uses ``Random((seed, i, e))``, so runs are reproducible.
         caption_rate: probability in [0, 1) that an item is a describe-the-scene conversation (no slots, no masks)
             instead of a GRES one. attribute_rate: probability in [0, 1] that such an item is an attribute question
-            answered in words instead. Raises ValueError outside those ranges.
+            answered in words instead. follow_up_rate: probability in [0, 1] that a GRES conversation with two or
+            more drawn targets asks them in two turns (the second a follow-up about the same image, both answers
+            supervised, the masks in slot order), so the model also learns to answer after an earlier turn; 0 (the
+            official data: one turn) draws exactly what it drew before the option existed. Raises ValueError
+            outside those ranges.
     """
 
     def __init__(self, gref: GRefCOCO, split: str, tokenizer, token_ids: ControlTokenIds, config: GSVAConfig,
-                 max_targets: int = 5, seed: int = 0, caption_rate: float = 0.0, attribute_rate: float = 0.0) -> None:
+                 max_targets: int = 5, seed: int = 0, caption_rate: float = 0.0, attribute_rate: float = 0.0,
+                 follow_up_rate: float = 0.0) -> None:
+        if not 0.0 <= follow_up_rate <= 1.0:
+            raise InputError(f"follow_up_rate must be in [0, 1], got {follow_up_rate}")
         if not 0.0 <= caption_rate < 1.0:
             raise InputError(f"caption_rate must be in [0, 1), got {caption_rate}")
         if not 0.0 <= attribute_rate <= 1.0:
@@ -62,6 +69,7 @@ class GRESConversationDataset(Dataset):
         self.max_targets = max_targets
         self.seed = seed
         self.caption_rate, self.attribute_rate = caption_rate, attribute_rate
+        self.follow_up_rate = follow_up_rate
         self.epoch = 0
         self.name = getattr(gref, "name", "grefcoco")
 
@@ -99,19 +107,27 @@ class GRESConversationDataset(Dataset):
         return sample
 
     def _gres_sample(self, rec, image: np.ndarray, rng: random.Random) -> EncodedSample:
-        """A multi-target GRES conversation on ``rec``: k drawn expressions, one [SEG]/[REJ] slot each."""
+        """A multi-target GRES conversation on ``rec``: k drawn expressions, one [SEG]/[REJ] slot each, asked in
+        one turn, or (``follow_up_rate``) split over two turns at a drawn point."""
         most = min(self.max_targets, len(rec.expressions))
         k = most if rng.random() < 0.5 else rng.randint(1, most)
         exprs = rng.sample(list(rec.expressions), k)
+        split = k
+        if self.follow_up_rate and k >= 2 and rng.random() < self.follow_up_rate:
+            split = rng.randint(1, k - 1)  # the first turn asks exprs[:split], the follow-up the rest
+
+        def turn(chosen) -> Turn:
+            phrases = [e.sentence.rstrip(".").strip() for e in chosen]
+            present = [not e.is_empty for e in chosen]
+            return Turn(question_text(phrases, rng), answer_pieces(phrases, present, rng.randrange(5)), phrases)
 
         def build(n: int) -> EncodedSample:
             chosen = exprs[:n]
+            turns = [turn(chosen[:split])] + ([turn(chosen[split:])] if n > split else [])
+            masks = [self.gref.mask(e.ann_ids, rec.height, rec.width) for e in chosen if not e.is_empty]
+            masks = np.stack(masks) if masks else np.zeros((0, rec.height, rec.width), np.uint8)
+            pieces = render_conversation(turns, self.config.use_im_start_end, self.config.conv_template)
             phrases = [e.sentence.rstrip(".").strip() for e in chosen]
-            present = [not e.is_empty for e in chosen]
-            turn = Turn(question_text(phrases, rng), answer_pieces(phrases, present, rng.randrange(5)), phrases)
-            masks = np.stack([self.gref.mask(e.ann_ids, rec.height, rec.width) for e in chosen if not e.is_empty]) \
-                if any(present) else np.zeros((0, rec.height, rec.width), np.uint8)
-            pieces = render_conversation([turn], self.config.use_im_start_end, self.config.conv_template)
             return encode_sample(image, pieces, masks,
                                  self.tokenizer, self.token_ids, self.config,
                                  meta={"image_id": rec.image_id, "phrases": phrases})

@@ -42,7 +42,8 @@ def build_dataset(recipe: TrainRecipe, gref, sources: dict | None, tokenizer, co
     if sources is None:
         return GRESConversationDataset(gref, recipe.train_split, tokenizer, token_ids, config,
                                        max_targets=recipe.max_targets, seed=recipe.seed,
-                                       caption_rate=recipe.caption_rate, attribute_rate=recipe.attribute_rate)
+                                       caption_rate=recipe.caption_rate, attribute_rate=recipe.attribute_rate,
+                                       follow_up_rate=recipe.follow_up_rate)
     from ..data.training_mix import conversation_datasets
 
     families = conversation_datasets(sources, tokenizer, token_ids, config, recipe.max_targets, recipe.seed,

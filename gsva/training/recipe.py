@@ -47,7 +47,9 @@ class TrainRecipe:
     ``caption_rate``: share of training items that are describe-the-scene conversations instead of GRES ones
     (:mod:`gsva.data.describe`; 0 = the official recipe; for models whose vision side starts from scratch);
     ``attribute_rate``: share of those that are attribute questions answered in words instead
-    (:func:`gsva.data.describe.attribute_question`).
+    (:func:`gsva.data.describe.attribute_question`). ``follow_up_rate``: share of GRES conversations with two or more
+    targets asked in two turns, the second a follow-up (0 = the official recipe: one turn;
+    :class:`gsva.data.gres_dataset.GRESConversationDataset`).
     ``max_bad_steps``: a step whose loss is NaN/inf is skipped (no update) and logged; more than this many in a row
     stop the run with an error.
     Validation: every ``val_every`` steps (0 = never) the first ``val_limit`` images of ``val_split`` of
@@ -83,6 +85,7 @@ class TrainRecipe:
     max_targets: int = 5
     caption_rate: float = 0.0
     attribute_rate: float = 0.0
+    follow_up_rate: float = 0.0
     tokenizer_vocab_size: int = 1000
     output_dir: str = "runs/gsva-tiny"
     seed: int = 0
@@ -129,6 +132,8 @@ class TrainRecipe:
             raise ConfigError("caption_rate must be in [0, 1)")
         if not 0.0 <= self.attribute_rate <= 1.0:
             raise ConfigError("attribute_rate must be in [0, 1]")
+        if not 0.0 <= self.follow_up_rate <= 1.0:
+            raise ConfigError("follow_up_rate must be in [0, 1]")
         if self.slot_row_words is not None and (len(self.slot_row_words) != 2 or not all(
                 isinstance(w, str) and w.strip() for w in self.slot_row_words)):
             raise ConfigError(f"slot_row_words must be two words ([SEG], [REJ]), got {self.slot_row_words!r} (quote "
