@@ -236,14 +236,19 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
         if image is None:
             raise gr.Error("Upload an image first, or click an example.")
         chat = list(chat or []) + [{"role": "user", "content": question}, {"role": "assistant", "content": "…"}]
+        started = False
         try:
             for kind, value in backend.ask_stream(image, history or [], question):
                 if kind == "text":  # the answer streams in; the masks come with the last update
                     chat[-1] = {"role": "assistant", "content": value}
+                    started = True
                     yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
                     answer, history, enc = value
         except UserError as exc:  # a bad image or question, or the time limit: the conversation stays as it was
+            if started:  # the partial answer is marked as stopped; it is not part of the conversation
+                chat[-1] = {"role": "assistant", "content": f"{chat[-1]['content']} … (stopped: {exc})"}
+                yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             raise gr.Error(str(exc)) from None
         chat[-1] = {"role": "assistant", "content": describe(answer)}
         files = backend.save_downloads(enc.image, answer)

@@ -154,3 +154,38 @@ def test_normed_projector_removes_a_shared_feature_vector(tokenizer):
         assert (p[0] - p[1]).abs().mean() < 0.1 * p.abs().mean()
     with pytest.raises(ConfigError, match="projector_type"):
         dataclasses.replace(cfg.vision, projector_type="mlp3x").validate()
+
+
+def test_cpu_gqa_attention_with_a_mask_equals_transformers_sdpa(monkeypatch):
+    """gsva.modeling.attention: grouped-query attention on CPU with a padding mask takes the unrepeated path and
+    gives transformers' SDPA outputs and gradients."""
+    import dataclasses
+
+    import gsva.modeling.attention as attention
+    from gsva.modeling.mllm import build_llava
+
+    from .conftest import micro_config
+
+    cfg = micro_config()
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_key_value_heads=2))
+    lm = build_llava(cfg, 420, 410, 0).model.language_model
+    assert lm.config._attn_implementation == attention.ATTENTION_NAME
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("enable_gqa", False))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    x = torch.randn(3, 10, 64, requires_grad=True)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, :3] = 0  # left padding
+    ours = lm(inputs_embeds=x, attention_mask=mask).last_hidden_state
+    (grad_ours,) = torch.autograd.grad(ours[mask.bool()].sum(), x)
+    assert calls and all(calls)  # every layer: enable_gqa, no repeated key/value heads
+    lm.set_attn_implementation("sdpa")
+    theirs = lm(inputs_embeds=x, attention_mask=mask).last_hidden_state
+    (grad_theirs,) = torch.autograd.grad(theirs[mask.bool()].sum(), x)
+    keep = mask.bool()
+    assert torch.allclose(ours[keep], theirs[keep], atol=1e-6) and torch.allclose(grad_ours, grad_theirs, atol=1e-6)

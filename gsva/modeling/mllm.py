@@ -11,6 +11,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from ..config import GSVAConfig
+from .attention import use_gsva_attention
 from .object_projector import ObjectWordProjector
 from .word_projector import WordProjector
 
@@ -70,7 +71,7 @@ def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token
     ``"ln_mlp2x_gelu"`` is :class:`NormedMlpProjector` (ours, for towers trained from scratch); ``"word"`` is
     :class:`gsva.modeling.word_projector.WordProjector`; ``"object_words"`` is
     :class:`gsva.modeling.object_projector.ObjectWordProjector`. With ``text.tie_word_embeddings`` the ``lm_head``
-    weight is the input embedding matrix (checked)."""
+    weight is the input embedding matrix (checked). Attention: :mod:`gsva.modeling.attention`."""
     model = LlavaForConditionalGeneration(llava_config(cfg, vocab_size, image_token_id, pad_token_id))
     if cfg.vision.projector_type == "linear":
         model.model.multi_modal_projector = nn.Linear(cfg.vision.hidden_size, cfg.text.hidden_size)
@@ -87,4 +88,5 @@ def build_llava(cfg: GSVAConfig, vocab_size: int, image_token_id: int, pad_token
                                                                 v.object_group, v.position_scale)
     if cfg.text.tie_word_embeddings and model.lm_head.weight is not model.get_input_embeddings().weight:
         raise RuntimeError("transformers did not tie lm_head to the input embeddings")
+    use_gsva_attention(model)  # SDPA; on CPU GQA without copying key/value heads (gsva.modeling.attention)
     return model
