@@ -126,15 +126,25 @@ class GSVAPredictor:
             per pass). 16 with the answer hint: on the shipped gsva-smol (fp32, 2 threads, three-target questions
             of held-out scenes) median 0.22 s and 3 passes per question, against 0.29 s and 4.5 passes with 8
             drafts, and 0.22 s / 3 passes with 32 (2026-12-03, one run of 8 questions each).
+        batch_draft_tokens: the same when several questions are decoded together (:meth:`answer_batch`), at most
+            ``draft_tokens`` (None: ``draft_tokens``). A batched pass is compute-bound on CPU, so every draft a row
+            rejects costs as much as a kept token: on gsva-smol at batch 32 (fp32, 2 threads, 160 val expressions of
+            data/synth) 12.07 expressions/s with 16, 12.72 with 8, 13.58 with 4, 12.37 with 2 (2026-12-03). Drafts
+            are verified greedily, so the answers are those of one at a time up to rounding: passes of another width
+            round differently, and with 4 one of 320 answers at batch 8 differed from batch 1 where 16 gave the same
+            rows at every batch size (``benchmarks/eval_throughput.py``). Hence the default.
         reject_threshold: a slot the answer reaches is ``[SEG]`` when P([SEG]) / (P([SEG]) + P([REJ])) is at least
             this probability, else ``[REJ]`` (None: the model config's ``reject_threshold``; both None: greedy, the
             same as 0.5). Raises InputError outside [0, 1].
     """
 
     def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0,
-                 draft_tokens: int = 16, reject_threshold: float | None = None) -> None:
-        if draft_tokens < 0:
-            raise InputError(f"draft_tokens must be >= 0, got {draft_tokens}")
+                 draft_tokens: int = 16, reject_threshold: float | None = None, batch_draft_tokens: int | None = None) -> None:
+        if batch_draft_tokens is None:
+            batch_draft_tokens = draft_tokens
+        if draft_tokens < 0 or batch_draft_tokens < 0:
+            raise InputError(f"draft_tokens and batch_draft_tokens must be >= 0, got {draft_tokens}, "
+                             f"{batch_draft_tokens}")
         if reject_threshold is None:
             reject_threshold = model.config.reject_threshold
         if reject_threshold is not None and not 0.0 <= reject_threshold <= 1.0:
@@ -142,6 +152,7 @@ class GSVAPredictor:
         self.reject_threshold = reject_threshold
         self.model = model.eval()
         self.draft_tokens = draft_tokens
+        self.batch_draft_tokens = min(batch_draft_tokens, draft_tokens)
         self.tokenizer = tokenizer
         self.ids = add_control_tokens(tokenizer)
         self.max_new_tokens = max_new_tokens
@@ -399,9 +410,10 @@ class GSVAPredictor:
         hints = [list(rows[i][2] or []) for i in order]
         sources = [h + list(rows[i][1]) for h, i in zip(hints, order)]  # the hint first: its copy is preferred
         step = None if on_step is None else (lambda r, ids: on_step(order[r], ids))
+        drafts = self.draft_tokens if len(rows) == 1 else self.batch_draft_tokens
         generated = decode(forward, model.lm_logits, cache, mask, positions, pending,
-                           hints if self.draft_tokens else [[] for _ in order], sources, budgets,
-                           SlotChooser(self.ids, self._banned, self.reject_threshold), self.draft_tokens,
+                           hints if drafts else [[] for _ in order], sources, budgets,
+                           SlotChooser(self.ids, self._banned, self.reject_threshold), drafts,
                            self.ids.pad, step)
         out = [None] * len(rows)
         for r, i in enumerate(order):

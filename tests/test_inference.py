@@ -273,3 +273,28 @@ def test_streaming_shows_the_answer_growing_to_its_final_text(micro_model, token
     # write bytes; the shipped default's stream grows by whole words: tests/test_default_model.py)
     predictor.reset()
     assert predictor.ask("the red circle").text == answer.text  # streaming changes nothing
+
+
+def test_batch_draft_tokens_set_the_drafts_of_batched_passes_only(micro_model, tokenizer, monkeypatch):
+    """``batch_draft_tokens`` applies when several questions are decoded together; one question keeps
+    ``draft_tokens``; both are checked."""
+    import gsva.inference as inference
+    from gsva.errors import InputError
+
+    seen = []
+    real = inference.decode
+
+    def spy(*args, **kwargs):
+        seen.append(args[10])  # draft_tokens
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "decode", spy)
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=6, draft_tokens=8, batch_draft_tokens=2)
+    enc = predictor.encode_image(np.zeros((40, 56, 3), np.uint8))
+    predictor.answer(enc, [], "the red circle")
+    predictor.answer_batch([(enc, [], "the red circle"), (enc, [], "the blue star")])
+    assert seen == [8, 2]
+    assert GSVAPredictor(micro_model, tokenizer, draft_tokens=3).batch_draft_tokens == 3  # default: the same
+    assert GSVAPredictor(micro_model, tokenizer, draft_tokens=3, batch_draft_tokens=9).batch_draft_tokens == 3
+    with pytest.raises(InputError, match="batch_draft_tokens"):
+        GSVAPredictor(micro_model, tokenizer, batch_draft_tokens=-1)
