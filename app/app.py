@@ -94,11 +94,10 @@ class ChatBackend:
         return enc
 
     def ask(self, image, history: list, question: str) -> tuple[Answer, list, EncodedImage]:
-        """Answer in the conversation ``history``; model calls are serialised across the app's events."""
-        with self.model_lock:
-            enc = self.encoded(image)
-            answer, history = self.predictor.answer(enc, history, question, on_text=self._deadline())
-        return answer, history, enc
+        """:meth:`ask_stream` without the stream: (answer, history with this turn, encoded image)."""
+        for _kind, value in self.ask_stream(image, history, question):
+            pass
+        return value
 
     def _deadline(self):
         """An ``on_text`` callback that stops the answer once the time limit has passed (None: no limit)."""

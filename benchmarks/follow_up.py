@@ -80,6 +80,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
+    if args.scenes < 1:
+        parser.error("--scenes must be at least 1")
     torch.set_num_threads(args.threads)
     scene_questions = _scene_questions()
     predictor = GSVAPredictor.from_pretrained(args.model)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,9 +53,8 @@ def browser():
         b.close()
 
 
-def _examples():
-    items = json.loads((REPO / "gsva" / "assets" / "examples" / "examples.json").read_text())
-    return items
+def _examples() -> list[dict]:
+    return json.loads((REPO / "gsva" / "assets" / "examples" / "examples.json").read_text())
 
 
 def _ask(page, question: str | None = None) -> None:
@@ -123,7 +123,6 @@ def test_a_newcomer_clicks_an_example_asks_downloads_and_follows_up(browser, app
     names = [links.nth(i).get_attribute("download") for i in range(links.count())]
     assert names == ["result.json"] + [f"mask_{k}.png" for k in range(len(found))]
     record = json.loads(page.request.get(links.nth(0).get_attribute("href")).body())
-    from PIL import Image
     scene = Image.open(REPO / "gsva" / "assets" / "examples" / first["image"])
     assert record["image"] == {"height": scene.height, "width": scene.width}
     assert [t["phrase"] for t in record["targets"]] == [row[0] for row in legend]
