@@ -280,6 +280,8 @@ class GSVAConfig:
     ``seg_prompt`` is how a [SEG] prompts SAM: ``"embedding"`` (the paper: its projected hidden state is the only
     sparse prompt) or ``"embedding_and_object_box"`` (ours, for ``projector_type="object_words"``: an object pointer
     also picks the image objects the [SEG] names and adds their boxes; :mod:`gsva.modeling.object_pointer`).
+    ``pointer_relation_layers``: with the object pointer, the layers of its slot-relation correction
+    (:class:`gsva.modeling.object_pointer.SlotRelations`; 0: none, the bilinear score alone).
     ``reject_threshold``: where the answer has a slot, it is ``[SEG]`` when the slot score
     s = P([SEG]) / (P([SEG]) + P([REJ])) (probabilities of the next-token softmax) is at least this value, else
     ``[REJ]``; a probability in [0, 1], chosen on held-out data with :mod:`gsva.scoring.calibration`. None: the
@@ -297,6 +299,7 @@ class GSVAConfig:
     use_im_start_end: bool = True
     max_length: int = 1024
     seg_prompt: str = "embedding"
+    pointer_relation_layers: int = 0
     reject_threshold: float | None = None
 
     @property
@@ -328,6 +331,12 @@ class GSVAConfig:
                                                               or self.vision.preprocess != "resize"):
             raise ConfigError("seg_prompt 'embedding_and_object_box' needs vision.projector_type 'object_words' and "
                               "vision.preprocess 'resize' (object boxes are fractions of the whole image)")
+        r = self.pointer_relation_layers
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"pointer_relation_layers must be an integer >= 0, got {r!r}")
+        if r and self.seg_prompt != "embedding_and_object_box":
+            raise ConfigError("pointer_relation_layers needs seg_prompt 'embedding_and_object_box' (the object "
+                              "pointer)")
         if self.vision.reads_words and self.text.base is None:
             raise ConfigError(f"vision.projector_type {self.vision.projector_type!r} needs text.base (its word "
                               "embeddings come from the base)")

@@ -488,3 +488,44 @@ def test_object_boxes_are_in_the_sam_input_frame(smol):
         objects = model.object_slots(hidden, ids, layout, [(96, 128)])  # a 3:4 image resized into SAM's frame
     torch.testing.assert_close(objects.boxes[0], layout.boxes[0] * torch.tensor([128.0, 96.0, 128.0, 96.0]))
     assert objects.states.shape == (1, model.config.vision.max_objects, 576)
+
+
+def test_pointer_stage_captures_trains_resumes_and_writes_a_loadable_model(reading_smol, synth_root, tmp_path,
+                                                                          monkeypatch):
+    """Stage (d6) on the 2-layer fixture: captures the pointer's inputs once, trains only the slot relations,
+    resumes, and writes a checkpoint that loads strictly with ``pointer_relation_layers`` recorded."""
+    import gsva.pointer_relations as stage
+    from gsva.pointer_relations import PointerRecipe, PointerTrainer
+
+    model, tok = reading_smol
+    save_model(model, tok, tmp_path / "d5")
+    recipe = PointerRecipe(init_from=str(tmp_path / "d5"), data_root=str(synth_root), output_dir=str(tmp_path / "d6"),
+                           relation_layers=1, capture_batches=2, val_batches=1, capture_batch_size=4, max_steps=2,
+                           batch_size=4, save_every=2, log_every=1, warmup_steps=1, num_workers=0,
+                           tensorboard=False).validate()
+    trainer = PointerTrainer(recipe)
+    captured = trainer.inputs["train"]
+    n = len(captured["phrases"])
+    assert n > 0 and captured["seg_hidden"].shape == (n, model.config.text.hidden_size)
+    assert captured["states"].shape[:2] == captured["targets"].shape == captured["present"].shape
+    trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all(name.startswith("object_pointer.relations.") for name in trainable)
+    trainer.run()
+
+    def no_capture(*args):
+        raise AssertionError("a resumed stage reads its captured inputs")
+
+    monkeypatch.setattr(stage, "capture_pointer_inputs", no_capture)
+    resumed = PointerTrainer(dataclasses.replace(recipe, max_steps=3))
+    assert resumed.step == 2
+    torch.testing.assert_close(resumed.inputs["train"]["seg_hidden"], captured["seg_hidden"])
+    assert resumed.inputs["train"]["phrases"] == captured["phrases"]
+    final = resumed.run()
+    meta = json.loads((tmp_path / "d6" / "pointer.json").read_text())
+    assert meta["steps"] == 3 and 0.0 <= meta["val"]["all"] <= 1.0
+    loaded, _ = load_model(final)
+    assert loaded.config.pointer_relation_layers == 1
+    start, end = load_model(tmp_path / "d5")[0].state_dict(), loaded.state_dict()
+    assert set(end) - set(start) and all(k.startswith("object_pointer.relations.") for k in set(end) - set(start))
+    assert all(torch.equal(start[k], end[k]) for k in start)  # nothing else moved
+    assert float(end["object_pointer.relations.read_out.weight"].abs().sum()) > 0

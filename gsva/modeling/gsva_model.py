@@ -55,16 +55,18 @@ class ObjectSlots:
     """The object slots the object pointer chooses from (``seg_prompt="embedding_and_object_box"``).
 
     ``states`` (B, S, D) language-model states of the slots (:func:`gsva.modeling.object_pointer.object_states`);
-    ``boxes`` (B, S, 4) float32 (x0, y0, x1, y1) pixels of each image's SAM input frame; ``present`` (B, S) bool.
+    ``boxes`` (B, S, 4) float32 (x0, y0, x1, y1) pixels of each image's SAM input frame; ``present`` (B, S) bool;
+    ``fractions`` (B, S, 4) float32 the same boxes as fractions of the image (the pointer's slot relations read them).
     """
 
     states: torch.Tensor
     boxes: torch.Tensor
     present: torch.Tensor
+    fractions: torch.Tensor
 
     def select(self, index: torch.Tensor) -> "ObjectSlots":
         """The rows ``index`` (N,) int64, e.g. the image of every [SEG] slot."""
-        return ObjectSlots(self.states[index], self.boxes[index], self.present[index])
+        return ObjectSlots(self.states[index], self.boxes[index], self.present[index], self.fractions[index])
 
 
 class GSVAModel(nn.Module):
@@ -82,7 +84,8 @@ class GSVAModel(nn.Module):
         self.token_ids = token_ids
         self.mllm = build_llava(config, vocab_size, token_ids.image, token_ids.pad)
         self.seg_projector = SegProjector(config.text.hidden_size, config.sam.prompt_embed_dim)
-        self.object_pointer = ObjectPointer(config.text.hidden_size) if self.uses_object_pointer else None
+        self.object_pointer = ObjectPointer(config.text.hidden_size, relation_layers=config.pointer_relation_layers
+                                            ) if self.uses_object_pointer else None
         self.sam = build_sam(config.sam)
         if config.lora.rank > 0:
             from ..trainable import apply_lora
@@ -182,7 +185,8 @@ class GSVAModel(nn.Module):
         states = object_states(hidden, input_ids == self.token_ids.image,
                                self.mllm.model.multi_modal_projector.tokens_per_object)
         scale = torch.tensor([[w, h, w, h] for h, w in resized_hw], dtype=torch.float32, device=hidden.device)
-        return ObjectSlots(states, layout.boxes.float() * scale[:, None, :], layout.present)
+        fractions = layout.boxes.float()
+        return ObjectSlots(states, fractions * scale[:, None, :], layout.present, fractions)
 
     def slot_masks(self, seg_hidden: torch.Tensor, image_index: torch.Tensor, image_embeddings: torch.Tensor,
                    objects: ObjectSlots | None = None, targets: torch.Tensor | None = None
@@ -206,7 +210,7 @@ class GSVAModel(nn.Module):
         if objects is None:
             raise ValueError(f"config {self.config.name!r} prompts SAM with object boxes: pass the object slots")
         rows = objects.select(image_index)
-        logits = self.object_pointer(seg_hidden, rows.states, rows.present)  # (N, S)
+        logits = self.object_pointer(seg_hidden, rows.states, rows.present, rows.fractions)  # (N, S)
         chosen = choose_objects(logits.detach(), rows.present)
         if targets is not None:
             chosen = [t.nonzero(as_tuple=True)[0].tolist() if bool(t.any()) else c for t, c in zip(targets, chosen)]
