@@ -115,7 +115,9 @@ def capture_pointer_inputs(model, batches) -> dict:
     model.eval()
     out = {k: [] for k in ("seg_hidden", "states", "fractions", "present", "targets")}
     phrases: list[str] = []
-    for batch in batches:
+    for i, batch in enumerate(batches, 1):
+        if i % 50 == 0:
+            logger.info("captured %d batches (%d [SEG] slots)", i, sum(len(t) for t in out["targets"]))
         batch = batch.to(model.device)
         feats, layout = model.image_tokens(batch.clip_pixels)
         hidden, _ = model.language_forward(model.embed_inputs(batch.input_ids, feats), batch.attention_mask)
