@@ -212,6 +212,12 @@ def test_every_shipped_recipe_validates(path):
         sam = load_sam_recipe(path)
         assert sam.model == "gsva-smol" and sam.max_steps >= 1 and 0.0 < sam.box_rate < 1.0
         return
+    if path.name.endswith("_pointer.yaml"):  # stage (d6) of gsva-smol: the pointer's slot relations
+        from gsva.pointer_relations import load_pointer_recipe
+
+        pointer = load_pointer_recipe(path)
+        assert pointer.model == "gsva-smol" and pointer.relation_layers >= 1 and pointer.max_steps >= 1
+        return
     recipe = load_recipe(path)
     assert (recipe.betas, recipe.weight_decay, recipe.grad_clip) == ([0.9, 0.95], 0.0, 1.0)
     if "_ft_grefcoco" in path.name:  # appendix Table A3, fine-tuning on GRES
