@@ -66,7 +66,7 @@ def lisa_style_answer(predictor: GSVAPredictor, image, question: str) -> Answer:
         out.ids.append(token)
         ids.append(token)
     encoded = EncodedImage(image=image, features=features, embeddings=embeddings, resized_hw=resized, layout=layout)
-    return predictor._build_answer(encoded, out.ids, out.states, out.scores, out.is_seg, objects)
+    return predictor._build_answers([(encoded, out, objects)])[0]
 
 
 def main() -> int:

@@ -51,10 +51,19 @@ class SlotChooser:
         self.banned = banned
         self.reject_threshold = reject_threshold
 
-    def __call__(self, state: torch.Tensor, logits: torch.Tensor, out: Generated) -> int | None:
-        """``state`` (D,), ``logits`` (V,) float32 (modified in place). Returns the id, or None at the end."""
-        logits[self.banned.to(logits.device)] = float("-inf")
-        token = int(logits.argmax())
+    def ban(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (..., V) with the banned ids at -inf (in place); returns them."""
+        logits[..., self.banned.to(logits.device)] = float("-inf")
+        return logits
+
+    def __call__(self, state: torch.Tensor, logits: torch.Tensor, out: Generated, greedy: int | None = None
+                 ) -> int | None:
+        """``state`` (D,), ``logits`` (V,) float32 (modified in place). ``greedy``: the argmax of ``logits`` after
+        :meth:`ban`, when the caller has computed both for many positions at once (None: computed here). Returns
+        the id, or None at the end."""
+        if greedy is None:
+            greedy = int(self.ban(logits).argmax())
+        token = greedy
         if token == self.ids.eos:
             return None
         if token in (self.ids.seg, self.ids.rej):
@@ -159,16 +168,17 @@ def decode(forward: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], 
         col_index = torch.tensor([len(feeds[r]) - 1 + j for r, d in zip(rows, drafts) for j in range(len(d) + 1)],
                                  device=device)
         states = hidden[row_index, col_index]  # (N, D)
-        logits = lm_logits(states).float()  # (N, V)
+        logits = chooser.ban(lm_logits(states).float())  # (N, V)
+        greedy = logits.argmax(-1).tolist()  # one call for every position of the pass
         kept, done, first_of_row = [], [], 0
         for i, (r, d) in enumerate(zip(rows, drafts)):
             a = 0
-            token = chooser(states[first_of_row], logits[first_of_row], out[r])
+            token = chooser(states[first_of_row], logits[first_of_row], out[r], greedy[first_of_row])
             while token is not None and a < len(d) and token == d[a] and len(out[r].ids) < budgets[r]:
                 out[r].ids.append(token)
                 a += 1
-                token = chooser(states[first_of_row + a], logits[first_of_row + a], out[r]) \
-                    if len(out[r].ids) < budgets[r] else None
+                k = first_of_row + a
+                token = chooser(states[k], logits[k], out[r], greedy[k]) if len(out[r].ids) < budgets[r] else None
             first_of_row += len(d) + 1
             kept.append(len(feeds[r]) + a)
             if a:

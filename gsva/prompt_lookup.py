@@ -15,14 +15,17 @@ The prompt alone cannot draft what the answer adds around the phrases (its openi
 separators), so every slot costs at least two passes. :func:`answer_hint` writes the answer a model trained on our
 templates gives when every named target is present (:func:`gsva.conversation.answer_pieces`, style 0) as a second
 source placed before the prompt; with ``[REJ]`` matched as ``[SEG]`` (``aliases``) a rejected target breaks the
-copy for one pass only.
+copy for one pass only. A model mixes styles from answer to answer ("Sure, the mask of A is [SEG]." / "Sure, the
+referred A is [SEG]."), so :func:`answer_hints` writes the hint in every style: the guessed one is the first draft,
+and all of them are draft sources, so an answer that leaves the guessed style at its first words continues in the
+style it took in the next pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-__all__ = ["draft_from_prompt", "answer_hint"]
+__all__ = ["draft_from_prompt", "answer_hint", "answer_hints", "answer_style", "hint_style", "common_prefix"]
 
 
 def draft_from_prompt(prompt: Sequence[int], generated: Sequence[int], cursor: int, max_draft: int,
@@ -76,6 +79,35 @@ def answer_hint(question: str, tokenizer, ids, template: str, style: int = 0) ->
     if not phrases:
         return []
     return _answer_ids(phrases, [True] * len(phrases), style, tokenizer, ids, template)
+
+
+def answer_hints(question: str, tokenizer, ids, template: str) -> list[list[int]]:
+    """:func:`answer_hint` of ``question`` in every answer style (index c: style c of
+    :data:`gsva.templates.ANSWER_STARTS`); [] when the question is not one of the multi-target forms."""
+    from .conversation import question_phrases
+    from .templates import ANSWER_STARTS
+
+    phrases = question_phrases(question)
+    if not phrases:
+        return []
+    return [_answer_ids(phrases, [True] * len(phrases), c, tokenizer, ids, template) for c in range(len(ANSWER_STARTS))]
+
+
+def hint_style(generated: Sequence[int], hints: Sequence[Sequence[int]], ids) -> int | None:
+    """The style c whose hint (:func:`answer_hints`) is the ``generated`` answer (end of sequence excluded) with
+    each ``[REJ]`` read as ``[SEG]``; None when none is. :func:`answer_style` without tokenising again."""
+    want = [ids.seg if t == ids.rej else int(t) for t in generated] + [ids.eos]
+    return next((c for c, hint in enumerate(hints) if list(hint) == want), None)
+
+
+def common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    """The longest list of ids every one of ``sequences`` starts with ([] for none)."""
+    if not sequences:
+        return []
+    first = list(sequences[0])
+    n = next((i for i in range(len(first)) if any(len(s) <= i or s[i] != first[i] for s in sequences[1:])),
+             len(first))
+    return first[:n]
 
 
 def answer_style(generated: Sequence[int], question: str, present: Sequence[bool], tokenizer, ids,

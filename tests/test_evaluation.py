@@ -122,13 +122,15 @@ def test_other_layouts_end_to_end(tmp_path, capsys, dataset):
 
 @pytest.mark.slow
 def test_generate_protocol_rows_do_not_depend_on_the_batch_size(predictor, synth_root):
-    """Questions of several images decoded together (batch 5, across image boundaries) give the rows of one at a
-    time: the same answers, decisions and masks; scores up to float rounding."""
+    """Questions of several images decoded together (batch 2 and 5, across image boundaries, grouped by prompt
+    length over LENGTH_GROUPS batches) give the rows of one at a time, in benchmark order: the same answers,
+    decisions and masks; scores up to float rounding."""
     bench = open_benchmark("grefcoco", synth_root, "val")
     one = run_benchmark(bench, predictor, "generate", batch_size=1, limit=3)
+    two = run_benchmark(bench, predictor, "generate", batch_size=2, limit=3)
     five = run_benchmark(bench, predictor, "generate", batch_size=5, limit=3)
-    assert len(one) == len(five) > 5
-    for a, b in zip(one, five):
+    assert len(one) == len(five) == len(two) > 5
+    for a, b in [*zip(one, five), *zip(one, two)]:
         assert {k: v for k, v in a.items() if k != "score"} == {k: v for k, v in b.items() if k != "score"}
         assert (a["score"] is None) == (b["score"] is None)
         if a["score"] is not None:

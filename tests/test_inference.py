@@ -14,7 +14,7 @@ def _image():
 
 def _generate(predictor, enc, prompt):
     """The predictor's greedy answer to one prompt, without an answer hint (a :class:`gsva.generation.Generated`)."""
-    (generated,), _ = predictor._generate([(enc, prompt, [])])
+    (generated,), _ = predictor._generate([(enc, prompt, [], [])])
     return generated
 
 
@@ -150,6 +150,52 @@ def test_answer_style_names_the_form_of_an_answer_for_the_next_hint(tokenizer):
     assert answer_style(answer, question, [True], tokenizer, ids, "llava_v1") is None  # another decision
     assert answer_style(answer[:-2], question, [False], tokenizer, ids, "llava_v1") is None
     assert answer_style(answer, "What colour is the heart?", [False], tokenizer, ids, "llava_v1") is None
+
+
+def test_answer_hints_in_every_style_and_the_style_of_an_answer(tokenizer):
+    """``answer_hints`` writes the all-present answer in each style; ``hint_style`` names the style of an answer
+    from them ([REJ] read as [SEG]); ``common_prefix`` is what the hints of several styles share."""
+    from gsva.conversation import answer_pieces
+    from gsva.prompt_lookup import answer_hint, answer_hints, common_prefix, hint_style
+    from gsva.templates import ANSWER_STARTS
+    from gsva.tokens import add_control_tokens
+
+    ids = add_control_tokens(tokenizer)
+    question = "What are the red heart, the zebra in this image?"
+    hints = answer_hints(question, tokenizer, ids, "chatml")
+    assert len(hints) == len(ANSWER_STARTS) == 5
+    assert hints == [answer_hint(question, tokenizer, ids, "chatml", c) for c in range(5)]
+    llava = answer_hints(question, tokenizer, ids, "llava_v1")
+    for c in range(5):
+        answer = tokenize_pieces(answer_pieces(["the red heart", "the zebra"], [True, False], c), tokenizer, ids,
+                                 0)[0][:-1]
+        assert hint_style(answer, llava, ids) == c
+    assert hint_style(answer[:-1], llava, ids) is None
+    assert answer_hints("What colour is the heart?", tokenizer, ids, "chatml") == []
+    # styles 2-4 all start "Sure, the"; with style 0 nothing is shared
+    shared = common_prefix([llava[2], llava[3], llava[4]])
+    assert tokenizer.decode(shared).strip() == "Sure, the"
+    assert tokenizer.decode(common_prefix([llava[0], llava[2]])).strip() == ""
+    assert common_prefix([]) == [] and common_prefix([[1, 2]]) == [1, 2] and common_prefix([[1, 2], [1]]) == [1]
+
+
+def test_hint_drafts_guess_the_last_style_and_draft_only_the_shared_start_in_a_batch(micro_model, tokenizer):
+    """One question alone drafts its whole guessed hint; decoded together, only what the styles seen so far share;
+    every style's hint is a draft source, the guessed one first."""
+    from gsva.prompt_lookup import answer_hints, common_prefix
+
+    predictor = GSVAPredictor(micro_model, tokenizer)
+    hints = answer_hints("Can you segment the red circle in this image?", tokenizer, predictor.ids,
+                         micro_model.config.conv_template)
+    first, source = predictor._hint_drafts(hints, batched=True)
+    assert first == hints[0] and source == [t for h in hints for t in h]  # nothing seen: style 0, in full
+    predictor._hint_styles[1] = 4
+    predictor._seen_styles[1] = {2, 4}
+    first, source = predictor._hint_drafts(hints, batched=False)
+    assert first == hints[4] and source[:len(hints[4])] == hints[4] and len(source) == sum(map(len, hints))
+    first, _ = predictor._hint_drafts(hints, batched=True)
+    assert first == common_prefix([hints[2], hints[4]]) and 0 < len(first) < len(hints[4])
+    assert predictor._hint_drafts([], batched=True) == ([], [])
 
 
 def test_drafted_decoding_gives_the_one_token_answer():
@@ -298,3 +344,51 @@ def test_batch_draft_tokens_set_the_drafts_of_batched_passes_only(micro_model, t
     assert GSVAPredictor(micro_model, tokenizer, draft_tokens=3, batch_draft_tokens=9).batch_draft_tokens == 3
     with pytest.raises(InputError, match="batch_draft_tokens"):
         GSVAPredictor(micro_model, tokenizer, batch_draft_tokens=-1)
+
+
+def test_encode_images_gives_the_encodings_of_one_at_a_time(micro_model, tokenizer):
+    """Several images in one pass of each encoder and of the prompt prefix: each encoding equals the one
+    ``encode_image`` gives alone (up to float rounding), and its prefix cache is a row of its own."""
+    predictor = GSVAPredictor(micro_model, tokenizer)
+    images = [_image(), np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)]
+    together = predictor.encode_images(images)
+    assert len(together) == 2 and predictor.encode_images([]) == []
+    for image, b in zip(images, together):
+        a = predictor.encode_image(image)
+        assert b.image is image and b.resized_hw == a.resized_hw
+        torch.testing.assert_close(b.features, a.features, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.embeddings, a.embeddings, atol=1e-5, rtol=1e-5)
+        assert b.prefix.ids == a.prefix.ids
+        torch.testing.assert_close(b.prefix.hidden, a.prefix.hidden, atol=1e-5, rtol=1e-5)
+        for x, y in zip(a.prefix.cache.layers, b.prefix.cache.layers):
+            assert y.keys.shape == x.keys.shape and y.keys.shape[0] == 1
+            torch.testing.assert_close(y.keys, x.keys, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_answer_many_groups_by_length_and_returns_the_answers_in_request_order(micro_model, tokenizer, batch_size):
+    """``answer_many`` decodes ``batch_size`` requests at a time, grouped by prompt length, and returns each
+    request's own answer (the one it gets alone) in request order."""
+    from gsva.errors import InputError
+
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=12)
+    with torch.no_grad():  # answers that reach slots
+        micro_model.mllm.lm_head.weight[predictor.ids.seg] += 0.5 * micro_model.mllm.lm_head.weight.abs().max()
+    first, second = predictor.encode_images([_image(), np.random.default_rng(1).integers(0, 256, (64, 48, 3),
+                                                                                           dtype=np.uint8)])
+    requests = [(first, [], "What are the left square, the green object, the large hexagon in this image?"),
+                (second, [], "the star"),
+                (first, [], "Can you segment the red circle in this image?"),
+                (second, [], "What is the small blue heart in this image?"),
+                (first, [], "the cup")]
+    alone = [predictor.answer(*r, decode_rejected=True)[0] for r in requests]
+    many = predictor.answer_many(requests, batch_size, decode_rejected=True)
+    assert [h[-1].question for _, h in many] == [q for _, _, q in requests]
+    for a, (b, _) in zip(alone, many):
+        assert a.text == b.text
+        assert [t.status for t in a.targets] == [t.status for t in b.targets]
+        assert [t.score for t in a.targets] == pytest.approx([t.score for t in b.targets], abs=1e-4)
+        for s, t in zip(a.targets, b.targets):
+            assert np.mean(s.slot_mask != t.slot_mask) < 1e-3
+    with pytest.raises(InputError, match="batch size"):
+        predictor.answer_many(requests, 0)

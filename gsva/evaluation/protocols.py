@@ -73,12 +73,12 @@ def match_slots(answer: Answer, expressions: list[str]) -> tuple[list[int | None
 
 def generate_outcomes_batch(predictor: GSVAPredictor,
                             questions: list[tuple[EncodedImage, str, list[str], list[bool]]],
-                            verbatim: bool = False) -> list[list[SlotOutcome]]:
+                            verbatim: bool = False, batch_size: int | None = None) -> list[list[SlotOutcome]]:
     """Ask each (encoded image, question, expressions, GT empty per expression) question in a fresh conversation,
-    all decoded together (:meth:`gsva.inference.GSVAPredictor.answer_batch`: the answers of one at a time), and
-    score each expression's slot (:func:`answer_outcomes`)."""
-    answers = predictor.answer_batch([(enc, [], q) for enc, q, _, _ in questions], decode_rejected=True,
-                                     verbatim=verbatim)
+    ``batch_size`` decoded together at a time (None: all; :meth:`gsva.inference.GSVAPredictor.answer_many`: the
+    answers of one at a time), and score each expression's slot (:func:`answer_outcomes`)."""
+    answers = predictor.answer_many([(enc, [], q) for enc, q, _, _ in questions], batch_size or len(questions) or 1,
+                                    decode_rejected=True, verbatim=verbatim)
     return [answer_outcomes(a, enc.image.shape[:2], exprs, empty)
             for (a, _), (enc, _, exprs, empty) in zip(answers, questions)]
 

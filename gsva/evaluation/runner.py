@@ -75,6 +75,11 @@ def _row(image: EvalImage, expr: EvalExpression, outcome: SlotOutcome, gt: np.nd
     return row
 
 
+LENGTH_GROUPS = 4
+"""Generate protocol, batch size > 1: the questions of this many batches are grouped by prompt length
+(:meth:`gsva.inference.GSVAPredictor.answer_many`), so fewer pad tokens are computed."""
+
+
 def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str = "generate",
                   prompt_mode: str = "per-expression", prompt_style: str = "ours", batch_size: int = 1,
                   limit: int | None = None, shard: tuple[int, int] = (0, 1),
@@ -84,7 +89,8 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
 
     ``batch_size`` questions (teacher-forced: conversations) share each forward pass; in the generate protocol
     they are decoded together with the answers one at a time gives (:meth:`GSVAPredictor.answer_batch`), from
-    several images when an image has fewer questions. Raises InputError for an unknown protocol/mode or a bad batch
+    several images when an image has fewer questions: the questions of :data:`LENGTH_GROUPS` batches are grouped by
+    prompt length, and their images encoded together (:meth:`GSVAPredictor.encode_images`). Raises InputError for an unknown protocol/mode or a bad batch
     size, :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
     """
     if protocol not in PROTOCOLS:
@@ -98,15 +104,29 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
     images = images[rank::world]
     reasonseg = benchmark.name == "reasonseg"
     verbatim = prompt_style == "official"
+    # generate: questions wait for LENGTH_GROUPS batches, decoded batch_size at a time grouped by prompt length
+    window = batch_size * LENGTH_GROUPS if protocol == "generate" and batch_size > 1 else batch_size
     rows: list[dict] = []
     pending: list[tuple] = []  # conversations waiting for a batch: (protocol's input, (image, group, gts))
+    encoded: list[tuple] = []  # generate: (image array, its encoding) of the image whose questions go on
 
-    def flush() -> None:
+    def flush(current=None) -> None:
         if not pending:
             return
-        run = generate_outcomes_batch if protocol == "generate" else teacher_forced_outcomes
-        outcomes = run(predictor, [item for item, _ in pending], **({"verbatim": verbatim}
-                                                                   if protocol == "generate" else {}))
+        if protocol == "generate":  # the batch's images not yet encoded, in one pass of each encoder
+            def encoding(a):
+                return next((e for x, e in encoded if x is a), None)
+
+            new = []
+            for (a, *_), _ in pending:
+                if encoding(a) is None and not any(a is x for x in new):
+                    new.append(a)
+            encoded.extend(zip(new, predictor.encode_images(new)))
+            items = [(encoding(a), *rest) for (a, *rest), _ in pending]
+            encoded[:] = [(x, e) for x, e in encoded if x is current]  # the current image may ask more
+            outcomes = generate_outcomes_batch(predictor, items, verbatim=verbatim, batch_size=batch_size)
+        else:
+            outcomes = teacher_forced_outcomes(predictor, [item for item, _ in pending])
         for (_, (image, group, gts)), outs in zip(pending, outcomes):
             for expr, outcome, (gt, ignore) in zip(group, outs, gts):
                 rows.append(_row(image, expr, outcome, gt, ignore))
@@ -116,21 +136,20 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
         array = load_image(image.path)
         h, w = array.shape[:2]
         gts = {expr.id: benchmark.ground_truth(image, expr, h, w) for expr in image.expressions}
-        encoded = predictor.encode_image(array) if protocol == "generate" else None
         for group in _groups(image, prompt_mode, reasonseg):
             def check(g):
                 question, answer, present = _conversation(g, prompt_style, reasonseg)
                 if protocol == "generate":  # QuestionError when the prompt does not fit
                     predictor.check_question(question, verbatim=verbatim)
-                    return [(g, (encoded, question, [clean_expression(e.sentence) for e in g],
+                    return [(g, (array, question, [clean_expression(e.sentence) for e in g],
                                  [e.gt_empty for e in g]))]
                 _check_length(predictor, question, answer)
                 return [(g, (array, question, answer, present))]
 
             for g, item in _split_until_fits(group, check):
                 pending.append((item, (image, g, [gts[e.id] for e in g])))
-                if len(pending) >= batch_size:
-                    flush()
+                if len(pending) >= window:
+                    flush(array)
     flush()
     return rows
 

@@ -189,8 +189,8 @@ class GSVAModel(nn.Module):
         return ObjectSlots(states, fractions * scale[:, None, :], layout.present, fractions)
 
     def slot_masks(self, seg_hidden: torch.Tensor, image_index: torch.Tensor, image_embeddings: torch.Tensor,
-                   objects: ObjectSlots | None = None, targets: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   objects: ObjectSlots | None = None, targets: torch.Tensor | None = None,
+                   object_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Low-res mask logits of [SEG] slots from the hidden states that predict them.
 
         Args:
@@ -198,6 +198,8 @@ class GSVAModel(nn.Module):
             objects: the object slots of every image (B rows), required with the object pointer, else ignored.
             targets: None, or (N, S) pointer targets (:func:`gsva.modeling.object_pointer.pointer_targets`): rows
                 that name a slot use those slots (teacher forcing in training), the others the pointer's choice.
+            object_index: (N,) int64 row of ``objects`` of each slot (None: ``image_index``), for slots whose
+                object slots come from a row of their own (batched answers about one image decode together).
 
         Returns:
             (low-res logits (N, 1, 4h, 4w), pointer logits (N, S) fp32 or None without the pointer). With the
@@ -209,7 +211,7 @@ class GSVAModel(nn.Module):
             return decode_masks(self.sam, image_embeddings, prompts, image_index), None
         if objects is None:
             raise ValueError(f"config {self.config.name!r} prompts SAM with object boxes: pass the object slots")
-        rows = objects.select(image_index)
+        rows = objects.select(image_index if object_index is None else object_index)
         logits = self.object_pointer(seg_hidden, rows.states, rows.present, rows.fractions)  # (N, S)
         chosen = choose_objects(logits.detach(), rows.present)
         if targets is not None:
