@@ -127,11 +127,10 @@ class GSVAPredictor:
             drafts, and 0.22 s / 3 passes with 32 (2026-12-03, one run of 8 questions each).
         batch_draft_tokens: the same when several questions are decoded together (:meth:`answer_batch`), at most
             ``draft_tokens`` (None: ``draft_tokens``). A batched pass is compute-bound on CPU, so every draft a row
-            rejects costs as much as a kept token: on gsva-smol at batch 32 (fp32, 2 threads, 160 val expressions of
-            data/synth) 12.07 expressions/s with 16, 12.72 with 8, 13.58 with 4, 12.37 with 2 (2026-12-03). Drafts
-            are verified greedily, so the answers are those of one at a time up to rounding: passes of another width
-            round differently, and with 4 one of 320 answers at batch 8 differed from batch 1 where 16 gave the same
-            rows at every batch size (``benchmarks/eval_throughput.py``). Hence the default.
+            rejects costs as much as a kept token; a batch therefore first drafts only what the answer styles seen
+            so far share (:meth:`_hint_drafts`), and copies the rest from the style each answer took. Drafts are
+            verified greedily, so the answers are those of one at a time up to rounding (passes of another width
+            round differently; ``benchmarks/eval_throughput.py`` compares the rows of every batch size).
         reject_threshold: a slot the answer reaches is ``[SEG]`` when P([SEG]) / (P([SEG]) + P([REJ])) is at least
             this probability, else ``[REJ]`` (None: the model config's ``reject_threshold``; both None: greedy, the
             same as 0.5). Raises InputError outside [0, 1].
@@ -161,6 +160,7 @@ class GSVAPredictor:
         self._hint_styles: dict[int, int] = {}  # target count -> answer style of the last such answer (hints)
         self._seen_styles: dict[int, set[int]] = {}  # target count -> every style such answers took
         self._text_prefix_cache: PromptPrefix | None = None
+        self._first_turns: dict[str, tuple[int, ...]] = {}  # question -> its first-turn prompt ids
         banned = {self.ids.image, self.ids.im_start, self.ids.im_end, self.ids.bos}
         if self.ids.pad != self.ids.eos:
             banned.add(self.ids.pad)
@@ -231,8 +231,8 @@ class GSVAPredictor:
     @torch.no_grad()
     def encode_images(self, images: Sequence) -> list[EncodedImage]:
         """:meth:`encode_image` of several images in one pass of each encoder and one language-model pass over
-        their prompt prefixes (batched evaluation: an image of our configs costs about 35 prefix tokens, which run
-        about 2.5x faster per token in a batch of 4 than alone on 2 CPU cores). The encodings are those of one at
+        their prompt prefixes (batched evaluation: an image of gsva-smol costs 35 prefix tokens, 2.7 ms each alone
+        and 1.3 ms in a batch of 4 images, fp32 on 2 CPU cores, 2026-12-03). The encodings are those of one at
         a time up to floating-point rounding. Raises :class:`gsva.images.ImageError` (naming no index: the caller
         loads files one at a time)."""
         arrays = [as_rgb_array(load_image(i) if isinstance(i, (str, Path, bytes)) else i) for i in images]
@@ -409,6 +409,18 @@ class GSVAPredictor:
         self._prompt_ids([], validate_question(question, verbatim=verbatim))
 
     def _prompt_ids(self, history: list[Turn], question: str) -> list[int] | None:
+        """The prompt's token ids (a new list); None when the history must lose its oldest turn to fit. A
+        first-turn prompt is tokenised once per question (evaluation checks each question before decoding it)."""
+        if not history and question in self._first_turns:
+            return list(self._first_turns[question])
+        ids = self._tokenize_prompt(history, question)
+        if not history:
+            if len(self._first_turns) >= 4096:
+                self._first_turns.clear()
+            self._first_turns[question] = tuple(ids)
+        return ids
+
+    def _tokenize_prompt(self, history: list[Turn], question: str) -> list[int] | None:
         pieces = render_conversation(history + [Turn(question)], self.model.config.use_im_start_end,
                                      self.model.config.conv_template)
         limit = self.model.config.max_length - 8

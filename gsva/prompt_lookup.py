@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-__all__ = ["draft_from_prompt", "answer_hint", "answer_hints", "answer_style", "hint_style", "common_prefix"]
+__all__ = ["draft_from_prompt", "answer_hint", "answer_hints", "hint_style", "common_prefix"]
 
 
 def draft_from_prompt(prompt: Sequence[int], generated: Sequence[int], cursor: int, max_draft: int,
@@ -95,7 +95,8 @@ def answer_hints(question: str, tokenizer, ids, template: str) -> list[list[int]
 
 def hint_style(generated: Sequence[int], hints: Sequence[Sequence[int]], ids) -> int | None:
     """The style c whose hint (:func:`answer_hints`) is the ``generated`` answer (end of sequence excluded) with
-    each ``[REJ]`` read as ``[SEG]``; None when none is. :func:`answer_style` without tokenising again."""
+    each ``[REJ]`` read as ``[SEG]``; None when none is (a free-form answer). The style the next hint for as many
+    targets guesses (:class:`gsva.inference.GSVAPredictor`)."""
     want = [ids.seg if t == ids.rej else int(t) for t in generated] + [ids.eos]
     return next((c for c, hint in enumerate(hints) if list(hint) == want), None)
 
@@ -108,23 +109,6 @@ def common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
     n = next((i for i in range(len(first)) if any(len(s) <= i or s[i] != first[i] for s in sequences[1:])),
              len(first))
     return first[:n]
-
-
-def answer_style(generated: Sequence[int], question: str, present: Sequence[bool], tokenizer, ids,
-                 template: str) -> int | None:
-    """The answer style (an index of :data:`gsva.templates.ANSWER_STARTS`) whose answer to ``question``, with the
-    slots ``present`` ([SEG] True, [REJ] False), is exactly the ``generated`` ids (end of sequence excluded);
-    None when none is (a free-form answer, another question form). What the next hint for a question with as many
-    targets should guess (:class:`gsva.inference.GSVAPredictor`)."""
-    from .conversation import question_phrases
-    from .templates import ANSWER_STARTS
-
-    phrases = question_phrases(question)
-    if not phrases or len(phrases) != len(present):
-        return None
-    want = list(generated) + [ids.eos]
-    return next((c for c in range(len(ANSWER_STARTS))
-                 if _answer_ids(phrases, list(present), c, tokenizer, ids, template) == want), None)
 
 
 def _answer_ids(phrases: list[str], present: list[bool], style: int, tokenizer, ids, template: str) -> list[int]:

@@ -135,23 +135,6 @@ def test_question_phrases_and_answer_hint(tokenizer):
     assert answer_hint("What colour is the large shape?", tokenizer, ids, "chatml") == []
 
 
-def test_answer_style_names_the_form_of_an_answer_for_the_next_hint(tokenizer):
-    from gsva.conversation import answer_pieces, tokenize_pieces
-    from gsva.prompt_lookup import answer_hint, answer_style
-    from gsva.tokens import add_control_tokens
-
-    ids = add_control_tokens(tokenizer)
-    question = "Can you segment the red heart in this image?"
-    for style in range(5):
-        answer = tokenize_pieces(answer_pieces(["the red heart"], [False], style), tokenizer, ids, 0)[0][:-1]
-        assert answer_style(answer, question, [False], tokenizer, ids, "llava_v1") == style
-        hint = answer_hint(question, tokenizer, ids, "llava_v1", style)
-        assert hint == [ids.seg if t == ids.rej else t for t in answer] + [ids.eos]  # all present, same style
-    assert answer_style(answer, question, [True], tokenizer, ids, "llava_v1") is None  # another decision
-    assert answer_style(answer[:-2], question, [False], tokenizer, ids, "llava_v1") is None
-    assert answer_style(answer, "What colour is the heart?", [False], tokenizer, ids, "llava_v1") is None
-
-
 def test_answer_hints_in_every_style_and_the_style_of_an_answer(tokenizer):
     """``answer_hints`` writes the all-present answer in each style; ``hint_style`` names the style of an answer
     from them ([REJ] read as [SEG]); ``common_prefix`` is what the hints of several styles share."""
