@@ -87,6 +87,7 @@ def main() -> int:
         reference, runs, diffs = None, {bs: [] for bs in sizes}, {}
         for round_ in range(args.repeats):  # rounds of every batch size: each round sees the same machine load
             for bs in sizes:
+                predictor._first_turns.clear()  # every run tokenises its questions itself
                 start = time.perf_counter()
                 rows = run_benchmark(timed, predictor, protocol, batch_size=bs)
                 runs[bs].append(time.perf_counter() - start)

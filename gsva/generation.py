@@ -58,9 +58,9 @@ class SlotChooser:
 
     def __call__(self, state: torch.Tensor, logits: torch.Tensor, out: Generated, greedy: int | None = None
                  ) -> int | None:
-        """``state`` (D,), ``logits`` (V,) float32 (modified in place). ``greedy``: the argmax of ``logits`` after
-        :meth:`ban`, when the caller has computed both for many positions at once (None: computed here). Returns
-        the id, or None at the end."""
+        """``state`` (D,), ``logits`` (V,) float32. ``greedy``: the argmax of ``logits`` after :meth:`ban`, when the
+        caller has banned and taken the argmax for many positions at once (None: done here, banning ``logits`` in
+        place). Returns the id, or None at the end."""
         if greedy is None:
             greedy = int(self.ban(logits).argmax())
         token = greedy
@@ -118,7 +118,7 @@ def decode(forward: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], 
         pending: per row the rest of its prompt (at least one id), fed in the first pass together with the row's
             ``first_drafts`` (a guess of the answer's first ids, e.g. the answer hint; may be empty), so the
             prompt's end and the first drafts cost one pass.
-        sources: per row the ids later drafts are copied from (the hint first, then the prompt).
+        sources: per row the ids later drafts are copied from (the answer hints first, then the prompt).
         budgets: per row the most ids to generate (<= 0: none).
         chooser: the greedy choice (:class:`SlotChooser`). draft_tokens: most drafted ids per pass (0: one token
             per pass, and no first drafts). pad_id: the id fed where a row's input is shorter than the pass

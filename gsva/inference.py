@@ -12,12 +12,15 @@ the prompt's shared start (system message and image tokens, :class:`PromptPrefix
 4. decodes all ``[SEG]`` masks of the answer in one mask-decoder call and resizes them to the original image.
 
 :meth:`~GSVAPredictor.answer_batch` decodes several questions (of one or several images) together, with the answers
-each gets alone (batched evaluation in the generate protocol).
+each gets alone; :meth:`~GSVAPredictor.answer_many` decodes any number of them a batch at a time, grouped by prompt
+length, and :meth:`~GSVAPredictor.encode_images` encodes several images at once (batched evaluation in the generate
+protocol, :mod:`gsva.evaluation.runner`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,10 @@ from .tokens import add_control_tokens
 __all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
 
 logger = logging.getLogger(__name__)
+
+RECENT_STYLES = 16
+"""A batch's first draft is what the answer styles of this many recent answers (per target count) share: one old
+answer in a rare style must not shorten every later first draft."""
 
 MAX_QUESTION_CHARS = 2000
 """Longer questions are refused before tokenisation (a 100 KB paste gets a clear message, not a slow failure)."""
@@ -158,7 +165,7 @@ class GSVAPredictor:
         self.history: list[Turn] = []
         self.encoded: EncodedImage | None = None
         self._hint_styles: dict[int, int] = {}  # target count -> answer style of the last such answer (hints)
-        self._seen_styles: dict[int, set[int]] = {}  # target count -> every style such answers took
+        self._recent_styles: dict[int, deque[int]] = {}  # target count -> styles of the last such answers
         self._text_prefix_cache: PromptPrefix | None = None
         self._first_turns: dict[str, tuple[int, ...]] = {}  # question -> its first-turn prompt ids
         banned = {self.ids.image, self.ids.im_start, self.ids.im_end, self.ids.bos}
@@ -228,7 +235,7 @@ class GSVAPredictor:
         """
         return self.encode_images([image])[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_images(self, images: Sequence) -> list[EncodedImage]:
         """:meth:`encode_image` of several images in one pass of each encoder and one language-model pass over
         their prompt prefixes (batched evaluation: an image of gsva-smol costs 35 prefix tokens, 2.7 ms each alone
@@ -245,10 +252,15 @@ class GSVAPredictor:
         features, layout = self.model.image_tokens(clip.to(device, dtype))  # (B, T, D)
         embeddings = self.model.sam_image_embeddings(torch.stack([x for x, _ in sam]).to(device, dtype))
         prefixes = self._prompt_prefixes(features)
-        return [EncodedImage(image=a, features=features[i:i + 1], embeddings=embeddings[i:i + 1],
-                             resized_hw=hw, prefix=prefixes[i],
-                             layout=None if layout is None else ObjectLayout(layout.boxes[i:i + 1],
-                                                                             layout.present[i:i + 1]))
+        one = len(arrays) == 1
+
+        def row(t: torch.Tensor, i: int) -> torch.Tensor:  # a copy, so that one image does not keep the batch alive
+            return t if one else t[i:i + 1].clone()
+
+        return [EncodedImage(image=a, features=row(features, i), embeddings=row(embeddings, i), resized_hw=hw,
+                             prefix=prefixes[i],
+                             layout=None if layout is None else ObjectLayout(row(layout.boxes, i),
+                                                                             row(layout.present, i)))
                 for i, (a, (_, hw)) in enumerate(zip(arrays, sam))]
 
     def _prompt_prefixes(self, features: torch.Tensor) -> list[PromptPrefix | None]:
@@ -274,7 +286,10 @@ class GSVAPredictor:
                                                     use_cache=True)
         if text is not None:
             hidden = torch.cat([text.hidden.expand(b, -1, -1), hidden], dim=1)
-        return [PromptPrefix(ids=tuple(ids), hidden=hidden[i:i + 1], cache=_cache_row(cache, i)) for i in range(b)]
+        if b == 1:
+            return [PromptPrefix(ids=tuple(ids), hidden=hidden, cache=cache)]
+        return [PromptPrefix(ids=tuple(ids), hidden=hidden[i:i + 1].clone(), cache=_cache_row(cache, i))
+                for i in range(b)]
 
     def _text_prefix(self, ids: tuple[int, ...]) -> PromptPrefix | None:
         """The language model's pass over the prompt's text before the image, computed on first use and kept (the
@@ -373,7 +388,7 @@ class GSVAPredictor:
             style = hint_style(gen.ids, hints, self.ids) if hints else None
             if style is not None:  # the next hints for as many targets guess this model's styles
                 self._hint_styles[len(gen.is_seg)] = style
-                self._seen_styles.setdefault(len(gen.is_seg), set()).add(style)
+                self._recent_styles.setdefault(len(gen.is_seg), deque(maxlen=RECENT_STYLES)).append(style)
         return generated, objects
 
     def _finish_rows(self, rows: list[tuple], generated: list, objects: list, decode_rejected: bool
@@ -391,15 +406,16 @@ class GSVAPredictor:
         The source is the guessed style's hint (the style of the last answer with as many targets; style 0 before
         any), then the other styles' hints. One question alone drafts its whole guessed hint first: a pass over a
         few tokens costs about what a pass over one does. Decoded together, a pass is compute-bound and a rejected
-        draft costs as much as a kept token, so the first draft is only what the hints of every style this model
-        has answered in have in common ("Sure, the"); the next pass copies the rest from the style it took.
+        draft costs as much as a kept token, so the first draft is only what the hints of the styles of this
+        model's recent answers (:data:`RECENT_STYLES`) have in common ("Sure, the"); the next pass copies the rest
+        from the style it took.
         """
         if not hints:
             return [], []
         n = hints[0].count(self.ids.seg)
         guess = self._hint_styles.get(n, 0)
         source = list(hints[guess]) + [t for c, h in enumerate(hints) if c != guess for t in h]
-        seen = self._seen_styles.get(n, set()) | {guess}
+        seen = set(self._recent_styles.get(n, ())) | {guess}
         first = common_prefix([hints[c] for c in sorted(seen)]) if batched and len(seen) > 1 else list(hints[guess])
         return first, source
 
@@ -442,8 +458,8 @@ class GSVAPredictor:
     def _generate(self, rows: list[tuple[EncodedImage, list[int], list[int], list[int]]], on_step=None):
         """Greedy answers of (encoded image, prompt ids, first draft, draft source) rows decoded together
         (:func:`gsva.generation.decode`: KV cache, prompt-lookup drafts copied from the source (the answer hints,
-        :meth:`_hint_drafts`) first, then the prompt; ``draft_tokens`` 0 turns drafts off). Where the greedy id is ``[SEG]`` or ``[REJ]``, ``reject_threshold``
-        (when set) picks between the two. Returns (one :class:`gsva.generation.Generated` per row, per row the
+        :meth:`_hint_drafts`) first, then the prompt; ``draft_tokens`` 0 turns drafts off). Where the greedy id is
+        ``[SEG]`` or ``[REJ]``, ``reject_threshold`` (when set) picks between the two. Returns (one :class:`gsva.generation.Generated` per row, per row the
         prompt's :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer)."""
         from transformers import DynamicCache
 
@@ -566,7 +582,7 @@ class GSVAPredictor:
 
 
 def _cache_row(cache, row: int):
-    """Row ``row`` of a transformers ``DynamicCache`` as a cache of its own (views of the same tensors)."""
+    """Row ``row`` of a transformers ``DynamicCache`` as a cache of its own (transformers 5 copies the rows in)."""
     from transformers import DynamicCache
 
     return DynamicCache([(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in cache.layers])

@@ -163,8 +163,10 @@ def test_answer_hints_in_every_style_and_the_style_of_an_answer(tokenizer):
 
 
 def test_hint_drafts_guess_the_last_style_and_draft_only_the_shared_start_in_a_batch(micro_model, tokenizer):
-    """One question alone drafts its whole guessed hint; decoded together, only what the styles seen so far share;
+    """One question alone drafts its whole guessed hint; decoded together, only what the styles of recent answers share;
     every style's hint is a draft source, the guessed one first."""
+    import collections
+
     from gsva.prompt_lookup import answer_hints, common_prefix
 
     predictor = GSVAPredictor(micro_model, tokenizer)
@@ -173,7 +175,7 @@ def test_hint_drafts_guess_the_last_style_and_draft_only_the_shared_start_in_a_b
     first, source = predictor._hint_drafts(hints, batched=True)
     assert first == hints[0] and source == [t for h in hints for t in h]  # nothing seen: style 0, in full
     predictor._hint_styles[1] = 4
-    predictor._seen_styles[1] = {2, 4}
+    predictor._recent_styles[1] = collections.deque([2, 4, 2])
     first, source = predictor._hint_drafts(hints, batched=False)
     assert first == hints[4] and source[:len(hints[4])] == hints[4] and len(source) == sum(map(len, hints))
     first, _ = predictor._hint_drafts(hints, batched=True)

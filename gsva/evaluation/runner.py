@@ -88,9 +88,10 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
     ``shard[0]``). Returns ``predictions.jsonl`` rows (dicts) in benchmark order.
 
     ``batch_size`` questions (teacher-forced: conversations) share each forward pass; in the generate protocol
-    they are decoded together with the answers one at a time gives (:meth:`GSVAPredictor.answer_batch`), from
+    they are decoded together with the answers one at a time gives (:meth:`GSVAPredictor.answer_many`), from
     several images when an image has fewer questions: the questions of :data:`LENGTH_GROUPS` batches are grouped by
-    prompt length, and their images encoded together (:meth:`GSVAPredictor.encode_images`). Raises InputError for an unknown protocol/mode or a bad batch
+    prompt length, and their images encoded together (:meth:`GSVAPredictor.encode_images`, a batch of images per
+    pass). Raises InputError for an unknown protocol/mode or a bad batch
     size, :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
     """
     if protocol not in PROTOCOLS:
@@ -121,7 +122,8 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
             for (a, *_), _ in pending:
                 if encoding(a) is None and not any(a is x for x in new):
                     new.append(a)
-            encoded.extend(zip(new, predictor.encode_images(new)))
+            for k in range(0, len(new), batch_size):  # at most a batch of images per encoder pass
+                encoded.extend(zip(new[k:k + batch_size], predictor.encode_images(new[k:k + batch_size])))
             items = [(encoding(a), *rest) for (a, *rest), _ in pending]
             encoded[:] = [(x, e) for x, e in encoded if x is current]  # the current image may ask more
             outcomes = generate_outcomes_batch(predictor, items, verbatim=verbatim, batch_size=batch_size)
