@@ -37,6 +37,7 @@ from .images import as_rgb_array, load_image
 from .modeling.gsva_model import GSVAModel, ObjectSlots
 from .modeling.object_projector import ObjectLayout
 from .prompt_lookup import answer_hints, common_prefix, hint_style
+from .refinement import RefineState, check_box, check_clicks, refine_low_res, scribble_points
 from .tokens import add_control_tokens
 
 __all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
@@ -64,7 +65,8 @@ class Target:
     "seg", else None; ``logits`` (H, W) float32 mask logits for "seg" (kept for scoring), else None.
     ``slot_mask`` (H, W) bool: the mask the slot's embedding decodes to — ``mask`` for "seg"; for "rej" only when
     asked for (``decode_rejected``, used by evaluation: ReLA scores a rejected target's mask, and threshold
-    calibration needs it), else None.
+    calibration needs it), else None. ``refine_state``: where :meth:`GSVAPredictor.refine` starts from (the slot's
+    [SEG] prompt, its low-resolution logits and the clicks so far) for a target with a decoded mask, else None.
     """
 
     phrase: str
@@ -73,6 +75,7 @@ class Target:
     mask: np.ndarray | None = None
     logits: np.ndarray | None = field(default=None, repr=False)
     slot_mask: np.ndarray | None = field(default=None, repr=False)
+    refine_state: RefineState | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -419,6 +422,50 @@ class GSVAPredictor:
         first = common_prefix([hints[c] for c in sorted(seen)]) if batched and len(seen) > 1 else list(hints[guess])
         return first, source
 
+    @torch.inference_mode()
+    def refine(self, target: Target | None, points=None, point_labels=None, box=None, scribble=None,
+               encoded: EncodedImage | None = None, use_previous_mask: bool = True) -> Target:
+        """Refine ``target``'s mask with clicks, a box or a scribble (or start a mask from them: ``target`` None).
+
+        Args:
+            target: a target of an answer about ``encoded`` with a decoded mask (``Target.refine_state`` set), a
+                target an earlier :meth:`refine` returned (its clicks carry over), or None.
+            points: new clicks, (x, y) pixels of the original image (origin top-left). point_labels: 1 positive
+                (part of the object), 0 negative (not part of it) per click; None: all positive.
+            box: (x0, y0, x1, y1) pixels of the original image; replaces an earlier round's box.
+            scribble: a positive stroke, (x, y) pixels; it becomes clicks along it (:func:`gsva.refinement.
+                scribble_points`).
+            encoded: the image (None: the one :meth:`set_image` set).
+            use_previous_mask: feed the previous round's low-resolution logits as SAM's dense mask prompt (SAM's
+                protocol); False decodes from the sparse prompts alone.
+
+        Returns:
+            A new :class:`Target` (status "seg", the phrase and score of ``target``; score 1.0 and phrase "" for a
+            mask started from clicks) whose ``refine_state`` holds every click so far. Raises InputError for a
+            missing image, a target without a decoded mask, bad clicks or boxes, or no prompt at all.
+        """
+        encoded = encoded if encoded is not None else self.encoded
+        if encoded is None:
+            raise InputError("set an image first (set_image) or pass encoded=")
+        hw = encoded.image.shape[:2]
+        if target is not None and target.refine_state is None:
+            raise InputError(f"target {target.phrase!r} has no decoded mask to refine (a [REJ] target: answer with "
+                             "decode_rejected=True, or start from None)")
+        previous = target.refine_state if target is not None else RefineState(prompt=None, low_res=None)
+        new_points, new_labels = check_clicks(points, point_labels, hw)
+        if scribble is not None:
+            stroke = scribble_points(scribble, hw)
+            new_points, new_labels = new_points + stroke, new_labels + [1] * len(stroke)
+        state = RefineState(prompt=previous.prompt, low_res=previous.low_res,
+                            points=previous.points + tuple(new_points), labels=previous.labels + tuple(new_labels),
+                            box=check_box(box, hw) if box is not None else previous.box)
+        low = refine_low_res(self.model.sam, encoded.embeddings, state, hw, encoded.resized_hw, use_previous_mask)
+        logits = self.model.postprocess(low[None], encoded.resized_hw, hw)[0].cpu().numpy()  # (H, W) fp32
+        mask = logits > self.mask_threshold
+        return Target(phrase=target.phrase if target is not None else "", status="seg",
+                      score=target.score if target is not None else 1.0, mask=mask, logits=logits, slot_mask=mask,
+                      refine_state=RefineState(state.prompt, low, state.points, state.labels, state.box))
+
     def check_question(self, question: str, verbatim: bool = False) -> None:
         """Raise :class:`QuestionError` when ``question`` would be refused as the first turn of a conversation
         (empty, too long, or its prompt does not fit the model's context)."""
@@ -533,6 +580,7 @@ class GSVAPredictor:
         wanted = [[i for i, s in enumerate(gen.is_seg) if s or decode_rejected] for _, gen, _ in rows]
         slot_row = [r for r, w in enumerate(wanted) for _ in w]
         full: list[torch.Tensor | None] = [None] * len(rows)  # per row (n, H, W) fp32 mask logits
+        states: list[list[RefineState]] = [[] for _ in rows]  # per row, per decoded slot: where refinement starts
         if slot_row:
             seg_hidden = torch.stack([rows[r][1].states[i] for r, w in enumerate(wanted) for i in w])  # (N, D)
             device = seg_hidden.device
@@ -546,6 +594,9 @@ class GSVAPredictor:
                 object_index = torch.tensor([with_slots.index(r) for r in slot_row], dtype=torch.long, device=device)
             embeddings = torch.cat([e.embeddings for e in images])
             low, _ = model.slot_masks(seg_hidden, image_index, embeddings, objects, object_index=object_index)
+            prompts = model.seg_projector(seg_hidden).float()  # (N, C)
+            for t, r in enumerate(slot_row):
+                states[r].append(RefineState(prompt=prompts[t], low_res=low[t].float()))
             slot_row_t = torch.tensor(slot_row, device=device)
             for k, enc in enumerate(images):  # upsampling is per pixel: one call per image size
                 mine = [r for r in range(len(rows)) if image_of[r] == k and wanted[r]]
@@ -557,10 +608,11 @@ class GSVAPredictor:
                 for r in mine:
                     full[r] = up[start:start + len(wanted[r])]
                     start += len(wanted[r])
-        return [self._answer(gen, wanted[r], full[r]) for r, (_, gen, _) in enumerate(rows)]
+        return [self._answer(gen, wanted[r], full[r], states[r]) for r, (_, gen, _) in enumerate(rows)]
 
-    def _answer(self, gen, decoded: list[int], full: torch.Tensor | None) -> Answer:
-        """The :class:`Answer` of ``gen`` whose slots ``decoded`` have the mask logits ``full`` (n, H, W)."""
+    def _answer(self, gen, decoded: list[int], full: torch.Tensor | None, states: list[RefineState]) -> Answer:
+        """The :class:`Answer` of ``gen`` whose slots ``decoded`` have the mask logits ``full`` (n, H, W) and the
+        refinement starts ``states``."""
         segments, current = [], []
         for token in gen.ids:
             if token in (self.ids.seg, self.ids.rej):
@@ -571,12 +623,14 @@ class GSVAPredictor:
         phrases = parse_slot_phrases(segments)
         masks: list[np.ndarray | None] = [None] * len(gen.states)
         logits_out: list[np.ndarray | None] = [None] * len(gen.states)
+        refine: list[RefineState | None] = [None] * len(gen.states)
         for j, i in enumerate(decoded):
             logits_out[i] = full[j].cpu().numpy()
             masks[i] = logits_out[i] > self.mask_threshold
+            refine[i] = states[j]
         targets = [Target(phrase=p, status="seg" if s else "rej", score=float(sc), mask=m if s else None,
-                          logits=lg if s else None, slot_mask=m)
-                   for p, s, sc, m, lg in zip(phrases, gen.is_seg, gen.scores, masks, logits_out)]
+                          logits=lg if s else None, slot_mask=m, refine_state=st)
+                   for p, s, sc, m, lg, st in zip(phrases, gen.is_seg, gen.scores, masks, logits_out, refine)]
         text = self.tokenizer.decode(gen.ids, skip_special_tokens=False).strip()
         return Answer(text=text, targets=targets)
 
