@@ -142,6 +142,27 @@ def test_generate_protocol_rows_do_not_depend_on_the_batch_size(predictor, synth
             assert a["score"] == pytest.approx(b["score"], abs=1e-4)
 
 
+@pytest.mark.slow
+def test_generate_batches_hold_at_most_a_batch_of_images(predictor, synth_root, monkeypatch):
+    """The questions of LENGTH_GROUPS batches wait together, but never those of more than batch_size images (so a
+    dataset of one expression per image keeps as few encodings alive as one batch needs)."""
+    from gsva.evaluation.runner import LENGTH_GROUPS
+
+    bench = open_benchmark("grefcoco", synth_root, "val")
+    events = []
+    encode, many = predictor.encode_images, predictor.answer_many
+    monkeypatch.setattr(predictor, "encode_images", lambda images: events.append(("encode", len(images)))
+                        or encode(images))
+    monkeypatch.setattr(predictor, "answer_many", lambda requests, batch_size, **kw: events.append(
+        ("answer", len(requests), len({id(r[0]) for r in requests}))) or many(requests, batch_size, **kw))
+    rows = run_benchmark(bench, predictor, "generate", batch_size=2, limit=5)
+    answered = [e for e in events if e[0] == "answer"]
+    assert sum(e[1] for e in answered) == len(rows)  # one question per expression
+    assert all(n <= 2 * LENGTH_GROUPS and images <= 2 for _, n, images in answered)
+    assert max(n for _, n, _ in answered) > 2  # more than one batch grouped by length
+    assert max(n for kind, n, *_ in events if kind == "encode") <= 2
+
+
 def test_slot_matching_by_phrase_then_order():
     def t(phrase, status="seg"):
         return Target(phrase=phrase, status=status, score=0.9)

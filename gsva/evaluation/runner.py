@@ -89,10 +89,11 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
 
     ``batch_size`` questions (teacher-forced: conversations) share each forward pass; in the generate protocol
     they are decoded together with the answers one at a time gives (:meth:`GSVAPredictor.answer_many`), from
-    several images when an image has fewer questions: the questions of :data:`LENGTH_GROUPS` batches are grouped by
-    prompt length, and their images encoded together (:meth:`GSVAPredictor.encode_images`, a batch of images per
-    pass). Raises InputError for an unknown protocol/mode or a bad batch
-    size, :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError` for bad data (naming the file).
+    several images when an image has fewer questions: the questions of :data:`LENGTH_GROUPS` batches (of at most
+    ``batch_size`` images) are grouped by prompt length, and their images encoded together
+    (:meth:`GSVAPredictor.encode_images`, a batch of images per pass). Raises InputError for an unknown
+    protocol/mode or a bad batch size, :class:`gsva.images.ImageError` / :class:`gsva.data.refer.AnnotationError`
+    for bad data (naming the file).
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -105,7 +106,8 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
     images = images[rank::world]
     reasonseg = benchmark.name == "reasonseg"
     verbatim = prompt_style == "official"
-    # generate: questions wait for LENGTH_GROUPS batches, decoded batch_size at a time grouped by prompt length
+    # generate: questions wait for LENGTH_GROUPS batches (of at most batch_size images), decoded batch_size at a time
+    # grouped by prompt length
     window = batch_size * LENGTH_GROUPS if protocol == "generate" and batch_size > 1 else batch_size
     rows: list[dict] = []
     pending: list[tuple] = []  # conversations waiting for a batch: (protocol's input, (image, group, gts))
@@ -135,6 +137,8 @@ def run_benchmark(benchmark: Benchmark, predictor: GSVAPredictor, protocol: str 
         pending.clear()
 
     for image in (progress(images) if progress else images):
+        if protocol == "generate" and len({id(item[0]) for item, _ in pending}) >= batch_size:
+            flush()  # at most a batch of images waits encoded (1 expression per image: one batch, as before)
         array = load_image(image.path)
         h, w = array.shape[:2]
         gts = {expr.id: benchmark.ground_truth(image, expr, h, w) for expr in image.expressions}
