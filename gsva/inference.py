@@ -506,8 +506,9 @@ class GSVAPredictor:
         """Greedy answers of (encoded image, prompt ids, first draft, draft source) rows decoded together
         (:func:`gsva.generation.decode`: KV cache, prompt-lookup drafts copied from the source (the answer hints,
         :meth:`_hint_drafts`) first, then the prompt; ``draft_tokens`` 0 turns drafts off). Where the greedy id is
-        ``[SEG]`` or ``[REJ]``, ``reject_threshold`` (when set) picks between the two. Returns (one :class:`gsva.generation.Generated` per row, per row the
-        prompt's :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer)."""
+        ``[SEG]`` or ``[REJ]``, ``reject_threshold`` (when set) picks between the two. Returns (one
+        :class:`gsva.generation.Generated` per row, per row the prompt's
+        :class:`gsva.modeling.gsva_model.ObjectSlots` or None without the object pointer)."""
         from transformers import DynamicCache
 
         model, device = self.model, self.model.device
