@@ -45,17 +45,81 @@ def _print_targets(targets: list[dict]) -> None:
         sys.stdout.write(f"  {t['status']}  {t['score']:.3f}  {t['phrase']}  {t['mask'] or ''}\n")
 
 
+def parse_points(text: str) -> tuple[list[tuple[float, float]], list[int]]:
+    """``"x,y,1;x,y,0"`` -> ([(x, y), ...], [label, ...]): clicks in pixels of the original image, (x, y), label 1
+    positive (the default when a click has only x,y) or 0 negative. Raises InputError."""
+    from .errors import InputError
+
+    points, labels = [], []
+    for i, part in enumerate(p for p in text.split(";") if p.strip()):
+        fields = [f.strip() for f in part.split(",")]
+        try:
+            if len(fields) not in (2, 3):
+                raise ValueError
+            x, y = float(fields[0]), float(fields[1])
+            label = int(fields[2]) if len(fields) == 3 else 1
+        except ValueError:
+            raise InputError(f"--points: click {i} is {part.strip()!r}; write x,y or x,y,label (label 1 positive, "
+                             "0 negative), clicks separated by ';'") from None
+        points.append((x, y))
+        labels.append(label)
+    if not points:
+        raise InputError("--points holds no click; write e.g. \"120,80,1;40,30,0\"")
+    return points, labels
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` pixels of the original image -> a tuple of 4 floats. Raises InputError."""
+    from .errors import InputError
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise InputError(f"--box must be x0,y0,x1,y1 in pixels, got {text!r}")
+    return values
+
+
+def refine_first_target(predictor, answer, points, labels, box):
+    """``answer`` with its first target refined by the clicks/box (:meth:`GSVAPredictor.refine`); a first target
+    the model rejected, or an answer without targets, starts a mask from the clicks alone. Returns a new Answer."""
+    from dataclasses import replace
+
+    from .inference import Answer
+
+    if not answer.targets:
+        refined = predictor.refine(None, points=points, point_labels=labels, box=box)
+        return Answer(text=answer.text, targets=[replace(refined, phrase="(clicks)")])
+    first = answer.targets[0]
+    start = first if first.refine_state is not None else None
+    refined = predictor.refine(start, points=points, point_labels=labels, box=box)
+    return Answer(text=answer.text, targets=[replace(refined, phrase=first.phrase)] + list(answer.targets[1:]))
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .answer_files import write_answer
+    from .errors import InputError
     from .images import load_image
-    from .inference import GSVAPredictor
+    from .inference import Answer, GSVAPredictor
 
+    points, labels = parse_points(args.points) if args.points is not None else (None, None)
+    box = parse_box(args.box) if args.box is not None else None
+    if args.query is None and points is None and box is None:
+        raise InputError("give --query, or --points/--box to segment from clicks alone")
     image = load_image(args.image)
     predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype), quantization=_quant(args))
     predictor.set_image(image)
-    answer = predictor.ask(args.query)
+    answer = predictor.ask(args.query) if args.query is not None else Answer(text="", targets=[])
+    if points is not None or box is not None:
+        answer = refine_first_target(predictor, answer, points, labels, box)
     record = write_answer(image, answer, Path(args.out))
-    sys.stdout.write(answer.text + "\n")
+    if answer.text:
+        sys.stdout.write(answer.text + "\n")
+    if points is not None or box is not None:
+        clicks = len(points or ())
+        sys.stdout.write(f"refined {answer.targets[0].phrase!r} with {clicks} click{'s' if clicks != 1 else ''}"
+                         f"{' and a box' if box else ''}\n")
     _print_targets(record["targets"])
     return 0
 
@@ -219,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_standins)
     p = sub.add_parser("predict", help="segment the targets a query names in one image")
     p.add_argument("--image", required=True, type=Path)
-    p.add_argument("--query", required=True)
+    p.add_argument("--query", default=None, help="the question (optional with --points/--box: a mask from clicks)")
+    p.add_argument("--points", default=None, metavar='"x,y,1;x,y,0"',
+                   help="clicks that refine the first target, pixels of the image, label 1 positive / 0 negative")
+    p.add_argument("--box", default=None, metavar="x0,y0,x1,y1", help="a box that refines the first target, pixels")
     p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-smol)")
     p.add_argument("--out", type=Path, default=Path("gsva_out"))
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
