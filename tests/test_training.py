@@ -218,6 +218,13 @@ def test_every_shipped_recipe_validates(path):
         pointer = load_pointer_recipe(path)
         assert pointer.model == "gsva-smol" and pointer.relation_layers >= 1 and pointer.max_steps >= 1
         return
+    if path.name.endswith("_refine.yaml"):  # stage (e) of gsva-smol: refinement by simulated clicks
+        from gsva.refine_pretrain import load_refine_recipe
+
+        refine = load_refine_recipe(path)
+        assert refine.model == "gsva-smol" and 1 <= refine.max_rounds <= 8 and 0.0 <= refine.seg_start_rate <= 1.0
+        assert refine.max_steps >= 1
+        return
     recipe = load_recipe(path)
     assert (recipe.betas, recipe.weight_decay, recipe.grad_clip) == ([0.9, 0.95], 0.0, 1.0)
     if "_ft_grefcoco" in path.name:  # appendix Table A3, fine-tuning on GRES
