@@ -7,7 +7,11 @@
 Binds to 127.0.0.1 by default, with Gradio analytics off and no share link. The answer streams in; the masks, a
 legend (phrase, found / not in the image, P([SEG])) and the downloads (each mask as a 0/255 PNG at the image's size,
 and ``result.json`` with COCO RLE masks, the schema of ``gsva predict``: :mod:`gsva.answer_files`) follow when it is
-complete. One model call runs at a time; further requests wait in a queue of ``--queue-size``. Besides the chat, a
+complete. Under the masks, "Refine a mask" takes clicks on the masks image for a chosen target (or a new object):
+positive or negative points, or a box from two corner clicks, each one a round of
+:meth:`gsva.inference.GSVAPredictor.refine` (issue #15); the overlay, legend and downloads follow, and "Undo last
+click" takes the newest round back. One model call runs at a time; further requests wait in a queue of
+``--queue-size``. Besides the chat, a
 scriptable endpoint ``/segment`` (image, question -> answer text, annotated image) serves ``gradio_client``::
 
     from gradio_client import Client, handle_file
@@ -28,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -35,13 +40,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from gsva.answer_files import write_answer  # noqa: E402
 from gsva.cli import add_quantization_flags  # noqa: E402
 from gsva.errors import UserError  # noqa: E402
 from gsva.images import as_rgb_array, load_image  # noqa: E402
-from gsva.inference import MAX_QUESTION_CHARS, Answer, EncodedImage, GSVAPredictor, default_model_dir  # noqa: E402
-from gsva.visualize import found_colors, overlay_masks  # noqa: E402
+from gsva.inference import (MAX_QUESTION_CHARS, Answer, EncodedImage, GSVAPredictor, Target,  # noqa: E402
+                            default_model_dir)
+from gsva.visualize import draw_clicks, found_colors, overlay_masks  # noqa: E402
 
 EXAMPLES_DIR = default_model_dir().parent / "examples"  # shipped with the package (app/make_examples.py)
 
@@ -142,6 +149,15 @@ class ChatBackend:
             raise result["error"]
         yield "done", result["done"]
 
+    def refine(self, enc: EncodedImage, target: Target | None, point=None, label: int = 1, box=None) -> Target:
+        """:meth:`gsva.inference.GSVAPredictor.refine` of ``target`` (None: start from nothing) with one click
+        ``point`` (x, y) pixels of label 1 (positive) or 0 (negative), or a ``box`` (x0, y0, x1, y1) pixels, under
+        the model lock. Raises :class:`gsva.inference.InputError` for clicks outside the image."""
+        with self.model_lock:
+            if box is not None:
+                return self.predictor.refine(target, box=box, encoded=enc)
+            return self.predictor.refine(target, points=[point], point_labels=[label], encoded=enc)
+
     def save_downloads(self, image: np.ndarray, answer: Answer) -> list[str]:
         """Write the answer's files (:func:`gsva.answer_files.write_answer`) to a new folder; returns the paths to
         offer for download: ``result.json``, then ``mask_<k>.png`` per found target. Only the newest
@@ -153,6 +169,134 @@ class ChatBackend:
             while len(self.downloads) > self.keep_answers:
                 shutil.rmtree(self.downloads.popleft(), ignore_errors=True)
         return [str(folder / "result.json")] + [str(folder / t["mask"]) for t in record["targets"] if t["mask"]]
+
+
+DISPLAY_PIXELS = 360  # the masks' image box height; smaller images are shown enlarged to it
+
+
+def display_size(height: int, width: int, box: int = DISPLAY_PIXELS) -> tuple[int, int]:
+    """(height, width) in pixels an image is shown at: enlarged so that its longer side is ``box`` pixels when it
+    is smaller, else as it is. Gradio's image box never enlarges an image itself and reports a click in the shown
+    image's pixels, so the app enlarges small images and maps clicks back (:func:`to_image_pixels`)."""
+    longer = max(height, width, 1)
+    if longer >= box:
+        return height, width
+    return max(1, round(height * box / longer)), max(1, round(width * box / longer))
+
+
+def enlarge(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> the :func:`display_size` of it, nearest neighbour (no blur)."""
+    h, w = display_size(*image.shape[:2])
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.NEAREST))
+
+
+def to_image_pixels(index, height: int, width: int) -> tuple[float, float]:
+    """A click on the shown image (gradio's ``SelectData.index``: integer (x, y) pixel of the enlarged image) ->
+    (x, y) in pixels of the original ``height`` x ``width`` image, the centre of the clicked pixel."""
+    shown_h, shown_w = display_size(height, width)
+    return (float(index[0]) + 0.5) * width / shown_w, (float(index[1]) + 0.5) * height / shown_h
+
+
+NEW_OBJECT = "a new object (from clicks only)"
+CLICK_MODES = ("positive click", "negative click", "box (click two corners)")
+CLICKED_PHRASE = "object from clicks"
+
+
+@dataclass
+class RefineSession:
+    """The click refinement of one answer in the app (issue #15).
+
+    ``answer`` as the model gave it; ``rounds[k]`` the refined versions of target k, newest last (each a
+    :class:`gsva.inference.Target` whose ``refine_state`` holds all its clicks so far, so undo is dropping the
+    newest); key ``len(answer.targets)`` is a new object started from clicks. ``selected`` the target clicks go to;
+    ``corner`` the first corner (x, y) of a box whose second corner is awaited. Coordinates are pixels of the
+    original image, (x, y), origin top-left.
+    """
+
+    enc: EncodedImage
+    answer: Answer
+    rounds: dict[int, list[Target]] = field(default_factory=dict)
+    selected: int | None = None
+    corner: tuple[float, float] | None = None
+
+    @property
+    def new_index(self) -> int:
+        return len(self.answer.targets)
+
+    def choices(self) -> list[tuple[str, int]]:
+        """(label, target index) of what can be refined: each found target of the answer, then a new object."""
+        found = [(f"{k + 1}: {t.phrase or '[SEG]'}", k) for k, t in enumerate(self.answer.targets)
+                 if t.status == "seg" and t.refine_state is not None]
+        return found + [(NEW_OBJECT, self.new_index)]
+
+    def latest(self, k: int) -> Target | None:
+        """Target k as refined so far (None: a new object without a click yet)."""
+        if self.rounds.get(k):
+            return self.rounds[k][-1]
+        return self.answer.targets[k] if k < self.new_index else None
+
+    def current(self) -> Answer:
+        """The answer with every refined target in its latest version; a new object comes last, phrase
+        "object from clicks". The overlay, legend and downloads show this."""
+        targets = [self.latest(k) for k in range(self.new_index)]
+        if self.rounds.get(self.new_index):
+            targets.append(replace(self.rounds[self.new_index][-1], phrase=CLICKED_PHRASE))
+        return Answer(text=self.answer.text, targets=targets)
+
+    def click(self, backend: ChatBackend, x: float, y: float, mode: str) -> None:
+        """One click at (x, y) on the selected target: a positive or negative point, or a box corner (the second
+        corner refines with the box). Raises UserError when no target is selected."""
+        if self.selected is None:
+            raise UserError("choose the target to refine first")
+        if mode not in CLICK_MODES:
+            raise UserError(f"unknown click mode {mode!r}")
+        if mode == CLICK_MODES[2] and self.corner is None:
+            self.corner = (x, y)
+            return
+        base = self.latest(self.selected)
+        if mode == CLICK_MODES[2]:
+            (ax, ay), self.corner = self.corner, None
+            refined = backend.refine(self.enc, base, box=(min(ax, x), min(ay, y), max(ax, x), max(ay, y)))
+        else:
+            refined = backend.refine(self.enc, base, point=(x, y), label=int(mode == CLICK_MODES[0]))
+        self.rounds.setdefault(self.selected, []).append(refined)
+
+    def undo(self) -> bool:
+        """Take back the selected target's last click (or a box's pending first corner). False: nothing to undo."""
+        if self.corner is not None:
+            self.corner = None
+            return True
+        if self.selected is not None and self.rounds.get(self.selected):
+            self.rounds[self.selected].pop()
+            return True
+        return False
+
+    def overlay(self) -> np.ndarray:
+        """(H, W, 3) uint8: the current masks, with the selected target's clicks, box and pending corner."""
+        image = overlay_masks(self.enc.image, self.current())
+        target = self.latest(self.selected) if self.selected is not None else None
+        state = target.refine_state if target is not None and self.rounds.get(self.selected) else None
+        points, labels, box = (state.points, state.labels, state.box) if state is not None else ((), (), None)
+        return draw_clicks(image, points, labels, box, self.corner)
+
+    def status(self) -> str:
+        """One line on the selected target: its clicks so far and its mask's area, in pixels."""
+        if self.selected is None:
+            return ""
+        name = NEW_OBJECT if self.selected == self.new_index else (self.answer.targets[self.selected].phrase
+                                                                   or "[SEG]")
+        target = self.latest(self.selected)
+        rounds = len(self.rounds.get(self.selected, []))
+        state = target.refine_state if target is not None and rounds else None
+        pos = sum(state.labels) if state is not None else 0
+        neg = len(state.labels) - pos if state is not None else 0
+        box = ", a box" if state is not None and state.box is not None else ""
+        area = int(target.mask.sum()) if target is not None and target.mask is not None else 0
+        pending = "; box: now click the opposite corner" if self.corner is not None else ""
+        return (f"Refining **{html.escape(name)}**: {pos} positive, {neg} negative click(s){box}; "
+                f"mask {area} px{pending}")
 
 
 def describe(answer: Answer) -> str:
@@ -241,17 +385,53 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
                 if kind == "text":  # the answer streams in; the masks come with the last update
                     chat[-1] = {"role": "assistant", "content": value}
                     started = True
-                    yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    yield (chat,) + (gr.skip(),) * 8
                 else:
                     answer, history, enc = value
         except UserError as exc:  # a bad image or question, or the time limit: the conversation stays as it was
             if started:  # the partial answer is marked as stopped; it is not part of the conversation
                 chat[-1] = {"role": "assistant", "content": f"{chat[-1]['content']} … (stopped: {exc})"}
-                yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield (chat,) + (gr.skip(),) * 8
             raise gr.Error(str(exc)) from None
         chat[-1] = {"role": "assistant", "content": describe(answer)}
         files = backend.save_downloads(enc.image, answer)
-        yield chat, overlay_masks(enc.image, answer), legend_html(answer), files, "", history
+        session = RefineSession(enc, answer)
+        choices = session.choices()
+        session.selected = choices[0][1]
+        shown = enlarge(overlay_masks(enc.image, answer))
+        yield (chat, shown, legend_html(answer), files, "", history, session,
+               gr.update(choices=choices, value=session.selected), session.status())
+
+    def refined_view(session: RefineSession):
+        answer = session.current()
+        shown = enlarge(session.overlay())
+        return shown, legend_html(answer), backend.save_downloads(session.enc.image, answer), session, session.status()
+
+    def on_click(session, mode, evt: gr.SelectData):
+        if session is None:
+            raise gr.Error("Ask about the image first: clicks refine the masks of an answer.")
+        x, y = to_image_pixels(evt.index, *session.enc.image.shape[:2])
+        try:
+            session.click(backend, x, y, mode)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return refined_view(session)
+
+    # gradio finds the SelectData argument by its annotation; postponed annotations are strings, and ``gr`` is
+    # not a module global here
+    on_click.__annotations__["evt"] = gr.SelectData
+
+    def on_select_target(session, k):
+        if session is None or k is None:
+            return gr.skip(), gr.skip(), gr.skip(), session, ""
+        session.selected, session.corner = int(k), None
+        return refined_view(session)
+
+    def on_undo(session):
+        if session is None or not session.undo():
+            gr.Info("No click to undo.")
+            return (gr.skip(),) * 3 + (session, session.status() if session else "")
+        return refined_view(session)
 
     def segment(image, question):
         if image is None:
@@ -262,7 +442,8 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
             raise gr.Error(str(exc)) from None
         return describe(answer), overlay_masks(enc.image, answer)
 
-    new_conversation = ([], None, "", None, [])  # chat, overlay, legend, downloads, history
+    # chat, overlay, legend, downloads, history, refinement, refine target, refine status
+    new_conversation = ([], None, "", None, [], None, gr.update(choices=[], value=None), "")
     with gr.Blocks(title="GSVA chat", analytics_enabled=False) as demo:
         gr.Markdown("## GSVA chat — name several targets at once; each comes back as a mask (`[SEG]`) or is "
                     "rejected (`[REJ]`)")
@@ -284,9 +465,18 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
                     gr.Examples(examples, [image, question], label="Examples: click one, then Ask",
                                 examples_per_page=examples_per_page, elem_id="gsva-examples")
             with gr.Column():
-                result = gr.Image(type="numpy", label="Masks", interactive=False, format="png",
-                                  height=360, elem_id="gsva-overlay")
+                result = gr.Image(type="numpy", label="Masks (click to refine)", interactive=False, format="png",
+                                  height=DISPLAY_PIXELS, elem_id="gsva-overlay")
                 legend = gr.HTML(elem_id="gsva-legend")
+                with gr.Accordion("Refine a mask: choose a target, then click on the masks above", open=True):
+                    with gr.Row():
+                        refine_target = gr.Dropdown(choices=[], label="Target to refine", interactive=True,
+                                                    elem_id="gsva-refine-target")
+                        click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
+                                              elem_id="gsva-click-mode")
+                    with gr.Row():
+                        undo = gr.Button("Undo last click", elem_id="gsva-undo")
+                        refine_status = gr.Markdown(elem_id="gsva-refine-status")
                 chat = gr.Chatbot(label="Conversation", height=300, elem_id="gsva-chat")
                 downloads = gr.File(label="Downloads: result.json (COCO RLE masks) and one PNG per mask",
                                     file_count="multiple", interactive=False, elem_id="gsva-downloads")
@@ -294,12 +484,17 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
         gr.Markdown(f"Limits: images up to {backend.max_pixels / 1e6:g} MP, questions up to {MAX_QUESTION_CHARS} "
                     f"characters, {limit}one answer at a time (others wait in the queue). A new image starts a new "
                     "conversation.")
-        outputs = [chat, result, legend, downloads, question, history]
+        refinement = gr.State(None)
+        outputs = [chat, result, legend, downloads, question, history, refinement, refine_target, refine_status]
         send.click(on_ask, [image, question, chat, history], outputs, api_name=False)
         question.submit(on_ask, [image, question, chat, history], outputs, api_name=False)
-        image.change(lambda _image: new_conversation, [image], [chat, result, legend, downloads, history],
-                     api_name=False)
-        clear.click(lambda: new_conversation, None, [chat, result, legend, downloads, history], api_name=False)
+        reset = [chat, result, legend, downloads, history, refinement, refine_target, refine_status]
+        image.change(lambda _image: new_conversation, [image], reset, api_name=False)
+        clear.click(lambda: new_conversation, None, reset, api_name=False)
+        refined = [result, legend, downloads, refinement, refine_status]
+        result.select(on_click, [refinement, click_mode], refined, api_name=False)
+        refine_target.input(on_select_target, [refinement, refine_target], refined, api_name=False)
+        undo.click(on_undo, [refinement], refined, api_name=False)
         # scriptable endpoint: gradio_client ... api_name="/segment"
         api_image = gr.Image(type="numpy", visible=False)
         api_question = gr.Textbox(visible=False)

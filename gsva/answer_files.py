@@ -18,7 +18,9 @@
 ``status`` is "seg" (found) or "rej" (not in the image); ``score`` is P([SEG]) / (P([SEG]) + P([REJ])) at the slot,
 a probability in [0, 1]; ``segmentation`` decodes with ``pycocotools.mask.decode`` to the (H, W) uint8 mask of
 ``mask`` (0/255 PNG at the original image size); ``color`` is the target's RGB colour in ``overlay.png`` and the
-app's legend (:func:`gsva.visualize.found_colors`).
+app's legend (:func:`gsva.visualize.found_colors`). A target refined with clicks or a box
+(:meth:`gsva.inference.GSVAPredictor.refine`) also carries ``"refinement": {"points": [[x, y], ...], "labels": [1, 0,
+...], "box": [x0, y0, x1, y1] or null}``, pixels of the original image (label 1 positive, 0 negative).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def answer_record(answer: Answer, height: int, width: int) -> dict:
             record["mask"] = f"mask_{k}.png"
             record["segmentation"] = encode_rle(target.mask.astype(bool))
             k += 1
+        state = target.refine_state
+        if state is not None and (state.points or state.box is not None):
+            record["refinement"] = {"points": [[round(float(x), 3), round(float(y), 3)] for x, y in state.points],
+                                    "labels": [int(v) for v in state.labels],
+                                    "box": [round(float(v), 3) for v in state.box] if state.box is not None else None}
         targets.append(record)
     return {"schema": RESULT_SCHEMA_VERSION, "answer": answer.text, "image": {"height": height, "width": width},
             "targets": targets}

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .inference import Answer
 
-__all__ = ["PALETTE", "LabelBox", "found_colors", "overlay_masks", "place_labels"]
+__all__ = ["PALETTE", "LabelBox", "draw_clicks", "found_colors", "overlay_masks", "place_labels"]
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)]
@@ -162,4 +162,32 @@ def overlay_masks(image: np.ndarray, answer: Answer, alpha: float = 0.5, labels:
             draw.rectangle((box.x0, box.y0, box.x1 - 1, box.y1 - 1), fill=color)
             ink = (0, 0, 0) if sum(color) > 450 else (255, 255, 255)
             draw.text((box.x0 + pad, box.y0 + pad), text, fill=ink, font=font)
+    return np.asarray(result)
+
+
+POSITIVE_CLICK, NEGATIVE_CLICK, BOX_COLOR = (0, 220, 0), (230, 0, 0), (255, 215, 0)
+"""RGB of a positive click, a negative click and a box in :func:`draw_clicks`."""
+
+
+def draw_clicks(image: np.ndarray, points=(), labels=(), box=None, corner=None) -> np.ndarray:
+    """Mark refinement prompts on ``image`` (H, W, 3) uint8: each click as a filled disc with a white ring (green
+    for label 1, positive; red for label 0, negative), the box (x0, y0, x1, y1) as a yellow rectangle, and a box's
+    first ``corner`` (x, y) (while the second is awaited) as a yellow cross. Coordinates are pixels of ``image``,
+    (x, y) with the origin at the top-left corner. The disc radius is 1.5 % of the longer side, at least 3 pixels.
+    Returns a new (H, W, 3) uint8 array. Raises ValueError when points and labels differ in length."""
+    if len(points) != len(labels):
+        raise ValueError(f"{len(points)} clicks but {len(labels)} labels")
+    result = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    draw = ImageDraw.Draw(result)
+    r = max(3, round(0.015 * max(image.shape[:2])))
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOR, width=max(1, r // 2))
+    if corner is not None:
+        x, y = (float(v) for v in corner)
+        draw.line((x - r, y, x + r, y), fill=BOX_COLOR, width=2)
+        draw.line((x, y - r, x, y + r), fill=BOX_COLOR, width=2)
+    for (x, y), label in zip(points, labels):
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=POSITIVE_CLICK if label else NEGATIVE_CLICK,
+                     outline=(255, 255, 255), width=max(1, r // 3))
     return np.asarray(result)

@@ -44,8 +44,11 @@ def test_segment_endpoint_reports_bad_input(app_url, tmp_path):
 def _app_module():
     import importlib.util
 
+    import sys
+
     spec = importlib.util.spec_from_file_location("gsva_app", REPO / "app" / "app.py")
     app = importlib.util.module_from_spec(spec)
+    sys.modules["gsva_app"] = app  # as an import would (dataclasses look their module up there)
     spec.loader.exec_module(app)
     return app
 
@@ -192,3 +195,68 @@ def test_the_chat_streams_the_answer_then_gives_the_masks(micro_model, tokenizer
     assert events[-2][1] == answer.text and len(history) == 1 and enc.image.shape == (40, 56, 3)
     with pytest.raises(QuestionError):
         list(backend.ask_stream(image, [], "   "))
+
+
+def test_clicks_refine_the_selected_target_and_undo_takes_them_back(micro_model, tokenizer, tmp_path):
+    """The app's refinement (issue #15): positive / negative clicks and a two-corner box on the chosen target, the
+    overlay marking them, the downloads holding the refined mask, undo restoring the previous round."""
+    import numpy as np
+
+    from gsva.inference import Answer, GSVAPredictor
+    from gsva.visualize import NEGATIVE_CLICK, POSITIVE_CLICK
+
+    app = _app_module()
+    predictor = GSVAPredictor(micro_model, tokenizer, max_new_tokens=8, draft_tokens=0)
+    backend = app.ChatBackend(predictor, time_limit_s=None)
+    image = np.full((48, 64, 3), 90, np.uint8)
+    enc = predictor.encode_image(image)
+    found = predictor.refine(None, points=[(20, 20)], encoded=enc)  # a target with a decoded mask, as answers have
+    found = app.replace(found, phrase="the dog")  # its click at (20, 20) carries over into every round
+    answer = Answer("Sure, the dog:[SEG], the cat:[REJ].", [found, app.Target("the cat", "rej", 0.1)])
+    session = app.RefineSession(enc, answer)
+    assert session.choices() == [("1: the dog", 0), (app.NEW_OBJECT, 2)]  # the rejected cat has no mask to refine
+    with pytest.raises(app.UserError, match="choose the target"):
+        session.click(backend, 5, 5, app.CLICK_MODES[0])
+
+    session.selected = 0
+    session.click(backend, 40.5, 30.5, app.CLICK_MODES[1])  # negative
+    session.click(backend, 10.5, 12.5, app.CLICK_MODES[0])  # positive
+    dog = session.current().targets[0]
+    assert dog.refine_state.points == ((20, 20), (40.5, 30.5), (10.5, 12.5)) and dog.refine_state.labels == (1, 0, 1)
+    assert "2 positive, 1 negative" in session.status()
+    overlay = session.overlay()
+    assert tuple(overlay[30, 40]) == NEGATIVE_CLICK and tuple(overlay[12, 10]) == POSITIVE_CLICK
+    files = backend.save_downloads(enc.image, session.current())
+    png = np.asarray(Image.open(files[1])) == 255
+    assert (png == dog.mask).all()
+
+    session.click(backend, 2.5, 3.5, app.CLICK_MODES[2])  # a box's first corner: no model call yet
+    assert len(session.rounds[0]) == 2 and session.corner == (2.5, 3.5) and "opposite corner" in session.status()
+    session.click(backend, 30.5, 25.5, app.CLICK_MODES[2])
+    assert session.corner is None and session.latest(0).refine_state.box == (2.5, 3.5, 30.5, 25.5)
+    assert session.undo() and session.latest(0).refine_state.box is None
+    assert session.undo() and session.latest(0).refine_state.labels == (1, 0)
+    assert session.undo() and session.latest(0) is found and session.undo() is False
+
+    session.selected = session.new_index  # a new object from clicks alone joins the answer last
+    session.click(backend, 50.5, 40.5, app.CLICK_MODES[0])
+    current = session.current()
+    assert [t.phrase for t in current.targets] == ["the dog", "the cat", app.CLICKED_PHRASE]
+    assert current.targets[2].status == "seg" and current.targets[2].mask.shape == (48, 64)
+    with pytest.raises(app.UserError, match="outside"):
+        session.click(backend, 99.5, 5.5, app.CLICK_MODES[0])
+    assert len(session.rounds[session.new_index]) == 1  # a refused click loses nothing
+
+
+def test_small_images_are_shown_enlarged_and_clicks_map_back_to_their_pixels():
+    import numpy as np
+
+    app = _app_module()
+    assert app.display_size(240, 180) == (360, 270) and app.display_size(900, 1200) == (900, 1200)
+    image = np.zeros((240, 180, 3), np.uint8)
+    image[100, 50] = 255
+    shown = app.enlarge(image)
+    assert shown.shape == (360, 270, 3) and shown[150, 75].tolist() == [255, 255, 255]  # pixel (50, 100) x 1.5
+    x, y = app.to_image_pixels([75, 150], 240, 180)  # the shown pixel's centre, in original pixels
+    assert np.allclose((x, y), (75.5 / 1.5, 150.5 / 1.5)) and (int(x), int(y)) == (50, 100)
+    assert app.to_image_pixels([10, 20], 900, 1200) == (10.5, 20.5)  # a large image is shown as it is

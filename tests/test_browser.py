@@ -182,3 +182,117 @@ def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, tmp_path):
     page.wait_for_selector("text=empty", timeout=20_000)
     assert "Traceback" not in page.content()
     page.close()
+
+
+# Where pixel (x, y) of the image (``width`` pixels wide) lies on the page. The app shows small images enlarged; the
+# <img> is centred in its box, shrunk to fit and never enlarged (gradio's ImagePreview maps a click
+# back to the shown image's pixels the same way).
+IMAGE_POINT = """([sel, x, y, width]) => {
+  const img = document.querySelector(sel);
+  const r = img.getBoundingClientRect();
+  const k = img.naturalWidth / width;
+  const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight, 1);
+  return [r.left + (r.width - img.naturalWidth * s) / 2 + (x + 0.5) * k * s,
+          r.top + (r.height - img.naturalHeight * s) / 2 + (y + 0.5) * k * s];
+}"""
+
+
+def _fetch(page, name: str, path: Path) -> bool:
+    """Save the download called ``name`` to ``path``; False when there is none."""
+    links = page.locator("#gsva-downloads a[download]")
+    for i in range(links.count()):
+        if links.nth(i).get_attribute("download") == name:
+            path.write_bytes(page.request.get(links.nth(i).get_attribute("href")).body())
+            return True
+    return False
+
+
+def _download(page, name: str, path: Path) -> np.ndarray | None:
+    """The downloaded mask PNG ``name`` as (H, W) bool, or None when there is none."""
+    return np.asarray(Image.open(path)) == 255 if _fetch(page, name, path) else None
+
+
+def _click_image(page, x: float, y: float, width: int, status: str) -> None:
+    """Click pixel (x, y) of the masks' image and wait until the refinement status matches the regex ``status``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_function("() => { const i = document.querySelector('#gsva-overlay img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+    px, py = page.evaluate(IMAGE_POINT, ["#gsva-overlay img", float(x), float(y), width])
+    page.mouse.click(px, py)
+    try:
+        page.wait_for_function("re => new RegExp(re).test(document.querySelector('#gsva-refine-status').innerText)",
+                               arg=status, timeout=60_000)
+    except PlaywrightTimeout:
+        toasts = page.locator(".toast-body").all_inner_texts()
+        raise AssertionError(f"after a click at image pixel ({x}, {y}), page ({px:.0f}, {py:.0f}): status "
+                             f"{_status(page)!r}, messages {toasts}") from None
+    page.wait_for_timeout(300)
+
+
+def _status(page) -> str:
+    return page.locator("#gsva-refine-status").inner_text()
+
+
+def test_a_user_fixes_a_mask_with_clicks_and_undoes_one(browser, app_url, tmp_path):
+    """Issue #15 in the app: the first found target is chosen for refinement; a negative click inside its mask
+    changes the mask (overlay, downloads), undo restores it; a positive click on a new object starts a mask."""
+    import cv2
+
+    def distance_transform_edt(mask):  # distance of each pixel inside ``mask`` to its nearest outside pixel
+        return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+
+    first = _examples()[0]
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(app_url)
+    page.wait_for_selector("#gsva-examples")
+    page.locator("[data-testid='dataset-cell-0-1']").click()
+    page.wait_for_selector("#gsva-image img")
+    page.wait_for_timeout(300)
+    _ask(page)
+    _wait_answer(page, 2)
+    found = [row[0] for row in _legend(page) if row[1] == "found"]
+    assert found, "the example's answer found nothing to refine"
+    before = _download(page, "mask_0.png", tmp_path / "before.png")
+    assert "Refining" in _status(page) and found[0] in _status(page)
+
+    # a negative click at the pixel deepest inside the first found mask
+    depth = distance_transform_edt(before)
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    page.locator("#gsva-click-mode").get_by_text("negative click").click()
+    _click_image(page, x, y, before.shape[1], "0 positive, 1 negative")
+    assert _fetch(page, "result.json", tmp_path / "r.json")
+    record = json.loads((tmp_path / "r.json").read_text())
+    (cx, cy), = record["targets"][0]["refinement"]["points"]  # the click reached the model where it was made
+    assert abs(cx - (x + 0.5)) <= 1 and abs(cy - (y + 0.5)) <= 1 and record["targets"][0]["refinement"]["labels"] == [0]
+    after = _download(page, "mask_0.png", tmp_path / "after.png")
+    assert after.shape == before.shape and (after != before).any(), "the negative click did not change the mask"
+    shot = tmp_path / "refined.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("GSVA_REFINE_SCREENSHOT"):
+        shutil.copy(shot, os.environ["GSVA_REFINE_SCREENSHOT"])
+
+    # undo: the mask is the answer's again
+    page.locator("#gsva-undo").click()
+    page.wait_for_function("() => /0 positive, 0 negative/.test(document.querySelector('#gsva-refine-status').innerText)",
+                           timeout=30_000)
+    page.wait_for_timeout(300)
+    assert (_download(page, "mask_0.png", tmp_path / "undone.png") == before).all()
+
+    # a new object from one positive click, where no found mask lies
+    page.locator("#gsva-refine-target input").click()
+    page.get_by_role("option", name="a new object (from clicks only)").click()
+    page.wait_for_function("() => /new object/.test(document.querySelector('#gsva-refine-status').innerText)",
+                           timeout=30_000)
+    covered = np.zeros_like(before)
+    for k in range(len(found)):
+        covered |= _download(page, f"mask_{k}.png", tmp_path / f"m{k}.png")
+    free = distance_transform_edt(~covered)
+    y, x = np.unravel_index(int(free.argmax()), free.shape)
+    page.locator("#gsva-click-mode").get_by_text("positive click").click()
+    _click_image(page, x, y, before.shape[1], "1 positive, 0 negative")
+    new = _download(page, f"mask_{len(found)}.png", tmp_path / "new.png")
+    assert new is not None and new.shape == before.shape
+    assert _legend(page)[-1][0] == "object from clicks"
+    assert "Traceback" not in page.content()
+    page.close()

@@ -94,3 +94,34 @@ def test_answer_files_record_every_target_with_rle_masks(tmp_path):
     assert Image.open(tmp_path / "out" / "overlay.png").size == (120, 80)
     with pytest.raises(ValueError, match="mask of shape"):
         answer_record(answer, 10, 10)
+
+
+def test_clicks_are_drawn_where_they_were_made_in_their_colours():
+    from gsva.visualize import BOX_COLOR, NEGATIVE_CLICK, POSITIVE_CLICK, draw_clicks
+
+    image = np.full((100, 200, 3), 128, np.uint8)
+    out = draw_clicks(image, [(20.0, 30.0), (150.0, 70.0)], [1, 0], box=(60, 10, 120, 90), corner=(5, 95))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (image == 128).all(), "the input image was changed"
+    assert tuple(out[30, 20]) == POSITIVE_CLICK and tuple(out[70, 150]) == NEGATIVE_CLICK
+    assert tuple(out[10, 90]) == BOX_COLOR and tuple(out[50, 60]) == BOX_COLOR  # the box's edges
+    assert tuple(out[50, 90]) == (128, 128, 128)  # its inside is left as it was
+    assert tuple(out[95, 5]) == BOX_COLOR  # the pending corner's cross
+    with pytest.raises(ValueError, match="2 clicks but 1 labels"):
+        draw_clicks(image, [(1, 1), (2, 2)], [1])
+
+
+def test_a_refined_target_records_its_clicks_and_box_in_result_json():
+    from gsva.refinement import RefineState
+
+    mask = _disc(40, 50, 20, 25, 8)
+    state = RefineState(prompt=None, low_res=None, points=((25.5, 20.25), (3.0, 4.0)), labels=(1, 0),
+                        box=(10.0, 5.0, 40.0, 35.0))
+    answer = Answer(text="x", targets=[Target("", "seg", 1.0, mask=mask, refine_state=state),
+                                       Target("the dog", "seg", 0.9, mask=mask,
+                                              refine_state=RefineState(prompt=None, low_res=None))])
+    refined, plain = answer_record(answer, 40, 50)["targets"]
+    assert refined["refinement"] == {"points": [[25.5, 20.25], [3.0, 4.0]], "labels": [1, 0],
+                                     "box": [10.0, 5.0, 40.0, 35.0]}
+    assert "refinement" not in plain  # an answer's own target, not refined
+    json.dumps(refined)  # plain JSON types
