@@ -83,6 +83,9 @@ def test_objects_are_written_left_to_right_with_separators_and_free_slots(monkey
     objects = proj.read_objects(torch.zeros(1, 4, 4))[0]
     assert [o["patches"] for o in objects] == [[2, 3], [1]]
     assert objects[0]["center"] == (0.5, 0.75) and objects[1]["center"] == (0.75, 0.25)
+    for o in objects:  # each group's word probabilities: a distribution whose most likely word is the object's
+        assert [int(q.argmax()) for q in o["probs"]] == o["words"]
+        assert all(abs(float(q.sum()) - 1) < 1e-5 and (q >= 0).all() for q in o["probs"])
 
 
 def test_only_present_objects_carry_the_position_code(monkeypatch):

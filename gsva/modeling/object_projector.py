@@ -191,8 +191,8 @@ class ObjectWordProjector(PatchWordReader):
 
     def read_objects(self, features: torch.Tensor, pixels: torch.Tensor | None = None) -> list[list[dict]]:
         """Per image, the objects written into its tokens (left to right): ``{"words": [index in group g, ...],
-        "patches": [patch indices], "center": (x, y) and "box": (x0, y0, x1, y1) in [0, 1] image fractions (the
-        patch box)}``. ``pixels`` (B, 3, s, s), the tower's input: words from :attr:`crop_reader`; None: from the
+        "probs": [(n_g,) float32 probabilities of group g's words (background left out), ...], "patches": [patch
+        indices], "center": (x, y) and "box": (x0, y0, x1, y1) in [0, 1] image fractions (the patch box)}``. ``pixels`` (B, 3, s, s), the tower's input: words from :attr:`crop_reader`; None: from the
         patches' votes."""
         log_probs = [lg.float().log_softmax(-1) for lg in self.word_logits(features)]
         keys = log_probs[self.object_group].argmax(-1)  # (B, P)
@@ -210,12 +210,13 @@ class ObjectWordProjector(PatchWordReader):
             for j, members in enumerate(comps):
                 idx = torch.tensor(members, device=features.device)
                 words = [int(v[j].argmax()) for v in votes]
+                probs = [v[j].softmax(-1) for v in votes]
                 rows, cols = idx // self.side, idx % self.side
                 center = (float((cols.float() + 0.5).mean()) / self.side,
                           float((rows.float() + 0.5).mean()) / self.side)
                 box = (int(cols.min()) / self.side, int(rows.min()) / self.side,
                        (int(cols.max()) + 1) / self.side, (int(rows.max()) + 1) / self.side)
-                objects.append({"words": words, "patches": members, "center": center, "box": box})
+                objects.append({"words": words, "probs": probs, "patches": members, "center": center, "box": box})
             out.append(sorted(objects, key=lambda o: (o["center"][0], o["center"][1])))
         return out
 
