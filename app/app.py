@@ -273,11 +273,17 @@ class RefineSession:
             return True
         return False
 
+    def clicks(self):
+        """The selected target's latest :class:`gsva.refinement.RefineState` (all its clicks and box), or None when
+        it has no click yet."""
+        if self.selected is None or not self.rounds.get(self.selected):
+            return None
+        return self.rounds[self.selected][-1].refine_state
+
     def overlay(self) -> np.ndarray:
         """(H, W, 3) uint8: the current masks, with the selected target's clicks, box and pending corner."""
         image = overlay_masks(self.enc.image, self.current())
-        target = self.latest(self.selected) if self.selected is not None else None
-        state = target.refine_state if target is not None and self.rounds.get(self.selected) else None
+        state = self.clicks()
         points, labels, box = (state.points, state.labels, state.box) if state is not None else ((), (), None)
         return draw_clicks(image, points, labels, box, self.corner)
 
@@ -288,8 +294,7 @@ class RefineSession:
         name = NEW_OBJECT if self.selected == self.new_index else (self.answer.targets[self.selected].phrase
                                                                    or "[SEG]")
         target = self.latest(self.selected)
-        rounds = len(self.rounds.get(self.selected, []))
-        state = target.refine_state if target is not None and rounds else None
+        state = self.clicks()
         pos = sum(state.labels) if state is not None else 0
         neg = len(state.labels) - pos if state is not None else 0
         box = ", a box" if state is not None and state.box is not None else ""

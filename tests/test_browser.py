@@ -57,6 +57,17 @@ def _examples() -> list[dict]:
     return json.loads((REPO / "gsva" / "assets" / "examples" / "examples.json").read_text())
 
 
+def _open_example(browser, app_url: str, k: int, height: int = 1100):
+    """A new page of the app with example ``k`` (its image and first question) filled in and its image shown."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(app_url)
+    page.wait_for_selector("#gsva-examples")
+    page.locator(f"[data-testid='dataset-cell-{k}-1']").click()
+    page.wait_for_selector("#gsva-image img")
+    page.wait_for_timeout(300)
+    return page
+
+
 def _ask(page, question: str | None = None) -> None:
     if question is not None:
         page.locator("#gsva-question textarea").fill(question)
@@ -134,12 +145,7 @@ def test_a_newcomer_clicks_an_example_asks_downloads_and_follows_up(browser, app
         assert png.shape == (scene.height, scene.width) and ((png == 255) == mask_utils.decode(rle).astype(bool)).all()
 
     # a second user asks about another example; the first user's conversation is untouched by it
-    other = browser.new_page(viewport={"width": 1400, "height": 1100})
-    other.goto(app_url)
-    other.wait_for_selector("#gsva-examples")
-    other.locator("[data-testid='dataset-cell-1-1']").click()
-    other.wait_for_selector("#gsva-image img")
-    other.wait_for_timeout(300)
+    other = _open_example(browser, app_url, 1)
     _ask(other)
     other_chat = _wait_answer(other, 2)
     assert _examples()[1]["questions"][0] in other_chat and first["questions"][0] not in other_chat
@@ -242,13 +248,7 @@ def test_a_user_fixes_a_mask_with_clicks_and_undoes_one(browser, app_url, tmp_pa
     def distance_transform_edt(mask):  # distance of each pixel inside ``mask`` to its nearest outside pixel
         return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
 
-    first = _examples()[0]
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(app_url)
-    page.wait_for_selector("#gsva-examples")
-    page.locator("[data-testid='dataset-cell-0-1']").click()
-    page.wait_for_selector("#gsva-image img")
-    page.wait_for_timeout(300)
+    page = _open_example(browser, app_url, 0, height=1200)
     _ask(page)
     _wait_answer(page, 2)
     found = [row[0] for row in _legend(page) if row[1] == "found"]
