@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gsva.answer_files import write_answer  # noqa: E402
+from gsva.answer_files import write_answer, write_segment_like  # noqa: E402
 from gsva.cli import add_quantization_flags  # noqa: E402
 from gsva.errors import UserError  # noqa: E402
 from gsva.images import as_rgb_array, load_image  # noqa: E402
@@ -157,6 +157,27 @@ class ChatBackend:
             if box is not None:
                 return self.predictor.refine(target, box=box, encoded=enc)
             return self.predictor.refine(target, points=[point], point_labels=[label], encoded=enc)
+
+    def segment_like(self, example, example_mask, target) -> tuple[np.ndarray, object]:
+        """Segment by example in the app: ``example`` and ``target`` images as :meth:`image_array` takes them,
+        ``example_mask`` a mask image (path or array; white or opaque = the object, :func:`gsva.images.load_mask`).
+        Returns (the target as RGB uint8, :class:`gsva.incontext.SegmentLikeResult`), under the model lock. Raises
+        :class:`gsva.errors.UserError` subclasses for bad images or masks."""
+        example_arr, target_arr = self.image_array(example), self.image_array(target)
+        mask = example_mask if isinstance(example_mask, np.ndarray) else str(example_mask)
+        with self.model_lock:
+            return target_arr, self.predictor.segment_like([(example_arr, mask)], target_arr)
+
+    def save_like_downloads(self, image: np.ndarray, result) -> list[str]:
+        """Write a segment-by-example result's files (:func:`gsva.answer_files.write_segment_like`) to a new
+        folder; returns ``result.json`` and, when the mask is not empty, ``mask.png``."""
+        folder = Path(tempfile.mkdtemp(dir=self.downloads_root, prefix="like_"))
+        record = write_segment_like(image, result, folder)
+        with self.lock:
+            self.downloads.append(folder)
+            while len(self.downloads) > self.keep_answers:
+                shutil.rmtree(self.downloads.popleft(), ignore_errors=True)
+        return [str(folder / "result.json")] + ([str(folder / "mask.png")] if record["mask"] else [])
 
     def save_downloads(self, image: np.ndarray, answer: Answer) -> list[str]:
         """Write the answer's files (:func:`gsva.answer_files.write_answer`) to a new folder; returns the paths to
@@ -367,6 +388,26 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
             if k < len(item["questions"])]
 
 
+def load_like_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
+    """[example image, example mask, target image] rows of the "Segment by example" gallery
+    (``like_examples.json`` of ``app/make_examples.py``)."""
+    index = folder / "like_examples.json"
+    if not index.is_file():
+        return []
+    return [[str(folder / item[k]) for k in ("example", "mask", "target")] for item in json.loads(index.read_text())]
+
+
+def describe_like(result) -> str:
+    """One line about a segment-by-example result, for the tab's status."""
+    if not result.mask.any():
+        return "Nothing like the example was found in the image."
+    parts = len(result.prompts)
+    area = int(result.mask.sum())
+    return (f"Found {parts} region{'s' if parts != 1 else ''} like the example ({area} pixels, "
+            f"{100 * area / result.mask.size:.1f} % of the image); match score {result.score:.2f}; "
+            f"method: {result.method.replace('_', '-')}.")
+
+
 CSS = """
 .gsva-legend { border-collapse: collapse; width: 100%; }
 .gsva-legend th, .gsva-legend td { padding: 4px 8px; text-align: left; border-bottom: 1px solid #8884; }
@@ -376,7 +417,7 @@ CSS = """
 
 
 def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[str]] | None = None,
-               examples_per_page: int = 4):
+               examples_per_page: int = 4, like_examples: list[list[str]] | None = None):
     """The Gradio Blocks app (nothing is launched here)."""
     import gradio as gr
 
@@ -438,6 +479,18 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
             return (gr.skip(),) * 3 + (session, session.status() if session else "")
         return refined_view(session)
 
+    def on_segment_like(example, example_mask, target):
+        if example is None or example_mask is None or target is None:
+            raise gr.Error("Give an example image, its mask (white = the object) and the image to segment, or "
+                           "click an example row.")
+        try:
+            image, result = backend.segment_like(example, example_mask, target)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        shown = Answer(text="", targets=[Target(phrase="like the example", status="seg" if result.mask.any()
+                                                else "rej", score=result.score, mask=result.mask)])
+        return enlarge(overlay_masks(image, shown)), describe_like(result), backend.save_like_downloads(image, result)
+
     def segment(image, question):
         if image is None:
             raise gr.Error("an image is required")
@@ -456,39 +509,66 @@ def build_demo(backend: ChatBackend, model_info: str = "", examples: list[list[s
         if model_info:
             with gr.Accordion("About the model", open=True):
                 gr.Markdown(model_info, elem_id="gsva-model")
-        with gr.Row():
-            with gr.Column():
-                # the uploaded file as it is (image_mode None): gsva.images.load_image decodes it under our limits
-                image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
-                                 height=360, elem_id="gsva-image")
-                question = gr.Textbox(label="Question", max_length=MAX_QUESTION_CHARS, elem_id="gsva-question",
-                                      placeholder="What are the red circle, the blue star in this image?")
-                with gr.Row():
-                    send = gr.Button("Ask", variant="primary", elem_id="gsva-ask")
-                    clear = gr.Button("New conversation", elem_id="gsva-new")
-                if examples:
-                    gr.Examples(examples, [image, question], label="Examples: click one, then Ask",
-                                examples_per_page=examples_per_page, elem_id="gsva-examples")
-            with gr.Column():
-                result = gr.Image(type="numpy", label="Masks (click to refine)", interactive=False, format="png",
-                                  height=DISPLAY_PIXELS, elem_id="gsva-overlay")
-                legend = gr.HTML(elem_id="gsva-legend")
-                with gr.Accordion("Refine a mask: choose a target, then click on the masks above", open=True):
+        with gr.Tab("Chat", elem_id="gsva-chat-tab"):
+            with gr.Row():
+                with gr.Column():
+                    # the uploaded file as it is (image_mode None): gsva.images.load_image decodes it under our limits
+                    image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+                                     height=360, elem_id="gsva-image")
+                    question = gr.Textbox(label="Question", max_length=MAX_QUESTION_CHARS, elem_id="gsva-question",
+                                          placeholder="What are the red circle, the blue star in this image?")
                     with gr.Row():
-                        refine_target = gr.Dropdown(choices=[], label="Target to refine", interactive=True,
-                                                    elem_id="gsva-refine-target")
-                        click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
-                                              elem_id="gsva-click-mode")
+                        send = gr.Button("Ask", variant="primary", elem_id="gsva-ask")
+                        clear = gr.Button("New conversation", elem_id="gsva-new")
+                    if examples:
+                        gr.Examples(examples, [image, question], label="Examples: click one, then Ask",
+                                    examples_per_page=examples_per_page, elem_id="gsva-examples")
+                with gr.Column():
+                    result = gr.Image(type="numpy", label="Masks (click to refine)", interactive=False, format="png",
+                                      height=DISPLAY_PIXELS, elem_id="gsva-overlay")
+                    legend = gr.HTML(elem_id="gsva-legend")
+                    with gr.Accordion("Refine a mask: choose a target, then click on the masks above", open=True):
+                        with gr.Row():
+                            refine_target = gr.Dropdown(choices=[], label="Target to refine", interactive=True,
+                                                        elem_id="gsva-refine-target")
+                            click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
+                                                  elem_id="gsva-click-mode")
+                        with gr.Row():
+                            undo = gr.Button("Undo last click", elem_id="gsva-undo")
+                            refine_status = gr.Markdown(elem_id="gsva-refine-status")
+                    chat = gr.Chatbot(label="Conversation", height=300, elem_id="gsva-chat")
+                    downloads = gr.File(label="Downloads: result.json (COCO RLE masks) and one PNG per mask",
+                                        file_count="multiple", interactive=False, elem_id="gsva-downloads")
+            limit = f"{backend.time_limit_s:g} s per answer, " if backend.time_limit_s else ""
+            gr.Markdown(f"Limits: images up to {backend.max_pixels / 1e6:g} MP, questions up to {MAX_QUESTION_CHARS} "
+                        f"characters, {limit}one answer at a time (others wait in the queue). A new image starts a new "
+                        "conversation.")
+        with gr.Tab("Segment by example", elem_id="gsva-like-tab"):
+            gr.Markdown("Give one example image and a mask of an object in it (white or opaque = the object); "
+                        "the app segments the things like it in another image (colour and shape, as the tower "
+                        "reads them). More examples: `gsva segment-like` or `GSVAPredictor.segment_like`.")
+            with gr.Row():
+                with gr.Column():
                     with gr.Row():
-                        undo = gr.Button("Undo last click", elem_id="gsva-undo")
-                        refine_status = gr.Markdown(elem_id="gsva-refine-status")
-                chat = gr.Chatbot(label="Conversation", height=300, elem_id="gsva-chat")
-                downloads = gr.File(label="Downloads: result.json (COCO RLE masks) and one PNG per mask",
-                                    file_count="multiple", interactive=False, elem_id="gsva-downloads")
-        limit = f"{backend.time_limit_s:g} s per answer, " if backend.time_limit_s else ""
-        gr.Markdown(f"Limits: images up to {backend.max_pixels / 1e6:g} MP, questions up to {MAX_QUESTION_CHARS} "
-                    f"characters, {limit}one answer at a time (others wait in the queue). A new image starts a new "
-                    "conversation.")
+                        like_example = gr.Image(type="filepath", image_mode=None, label="Example image",
+                                                sources=["upload", "clipboard"], height=220,
+                                                elem_id="gsva-like-example")
+                        like_mask = gr.Image(type="filepath", image_mode=None, label="Its mask (white = the object)",
+                                             sources=["upload", "clipboard"], height=220, elem_id="gsva-like-mask")
+                    like_target = gr.Image(type="filepath", image_mode=None, label="Image to segment",
+                                           sources=["upload", "clipboard"], height=260, elem_id="gsva-like-target")
+                    like_button = gr.Button("Segment like the example", variant="primary", elem_id="gsva-like-run")
+                    if like_examples:
+                        gr.Examples(like_examples, [like_example, like_mask, like_target],
+                                    label="Examples: click one, then Segment", elem_id="gsva-like-examples")
+                with gr.Column():
+                    like_result = gr.Image(type="numpy", label="Things like the example", interactive=False,
+                                           format="png", height=DISPLAY_PIXELS, elem_id="gsva-like-overlay")
+                    like_status = gr.Markdown(elem_id="gsva-like-status")
+                    like_downloads = gr.File(label="Downloads: result.json (COCO RLE mask) and mask.png",
+                                             file_count="multiple", interactive=False, elem_id="gsva-like-downloads")
+            like_button.click(on_segment_like, [like_example, like_mask, like_target],
+                              [like_result, like_status, like_downloads], api_name=False)
         refinement = gr.State(None)
         outputs = [chat, result, legend, downloads, question, history, refinement, refine_target, refine_status]
         send.click(on_ask, [image, question, chat, history], outputs, api_name=False)
@@ -545,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = ChatBackend(predictor, max_pixels=int(args.max_megapixels * 1e6),
                           time_limit_s=args.time_limit or None)
     demo = build_demo(backend, model_panel(predictor, args.model or default_model_dir(), args.dtype),
-                      load_examples())
+                      load_examples(), like_examples=load_like_examples())
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(
         server_name=args.host, server_port=args.port, share=False, show_error=True,
         max_file_size=f"{args.max_upload_mb:g}mb", css=CSS)

@@ -1,12 +1,16 @@
 """Draw the app's example gallery: a few synthetic scenes, each with ready questions naming present and absent targets.
 
-    python app/make_examples.py [--out gsva/assets/examples] [--seed 77] [--scenes 4]
+    python app/make_examples.py [--out gsva/assets/examples] [--seed 77] [--scenes 4] [--like-tasks 2]
 
 Scenes come from the synthetic generator (:func:`gsva.data.synth.make_scene`) at a seed no training or benchmark set
 uses; the questions from the generator's own expressions for each scene (:func:`gsva.data.synth.scene_expressions`),
 chosen from the scene's structure alone, never from a model's answers: a three-target question (two present targets
 and one absent, in a shuffled order, GSVA's multi-target question of paper Sec. 3.2) and a two-target follow-up
 (one present, one absent). Scenes with fewer than four objects are passed over. Writes ``scene_<k>.png`` and ``examples.json`` (``[{"image": file, "questions": [...]}]``).
+
+For the "Segment by example" tab it also writes ``like_<k>_example.png``, ``like_<k>_mask.png`` (0/255) and
+``like_<k>_target.png`` from the segment-by-example tasks of the same seed (:func:`gsva.data.incontext.make_task`),
+listed in ``like_examples.json`` (``[{"example": file, "mask": file, "target": file, "kind": [shape, colour]}]``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pathlib import Path
 
 from PIL import Image
 
+import numpy as np
+
+from gsva.data.incontext import make_task
 from gsva.data.synth import make_scene, scene_expressions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "gsva" / "assets" / "examples")
     parser.add_argument("--seed", type=int, default=77)
     parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--like-tasks", type=int, default=2)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gallery, index = [], 0
@@ -62,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "examples.json").write_text(json.dumps(gallery, indent=2) + "\n")
     for item in gallery:
         print(item["image"], *item["questions"], sep="\n  ")
+    like = []
+    for k in range(args.like_tasks):
+        task = make_task(args.seed, k)
+        (image, mask), names = task.examples[0], {part: f"like_{k}_{part}.png" for part in ("example", "mask", "target")}
+        Image.fromarray(image).save(args.out / names["example"], optimize=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(args.out / names["mask"], optimize=True)
+        Image.fromarray(task.image).save(args.out / names["target"], optimize=True)
+        like.append(dict(names, kind=list(task.kind)))
+        print(names["example"], "->", names["target"], task.kind)
+    (args.out / "like_examples.json").write_text(json.dumps(like, indent=2) + "\n")
     return 0
 
 

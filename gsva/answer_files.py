@@ -35,7 +35,7 @@ from .data.masks import encode_rle
 from .inference import Answer
 from .visualize import found_colors, overlay_masks
 
-__all__ = ["RESULT_SCHEMA_VERSION", "answer_record", "write_answer"]
+__all__ = ["RESULT_SCHEMA_VERSION", "answer_record", "write_answer", "segment_like_record", "write_segment_like"]
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -75,5 +75,46 @@ def write_answer(image: np.ndarray, answer: Answer, out: str | Path) -> dict:
     for k, mask in enumerate(masks):
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"mask_{k}.png")
     Image.fromarray(overlay_masks(image, answer)).save(out / "overlay.png")
+    (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def segment_like_record(result, height: int, width: int, examples: list[dict] | None = None) -> dict:
+    """``result.json``'s content for a segment-by-example ``result`` (:class:`gsva.incontext.SegmentLikeResult`)
+    on a target of ``height`` x ``width`` pixels::
+
+        {"schema": 1, "kind": "segment_like", "method": "trained", "score": 0.93,
+         "image": {"height": H, "width": W}, "examples": [...], "mask": "mask.png" or null,
+         "segmentation": <COCO compressed RLE> or null,
+         "parts": [{"score": 0.93, "point": [x, y], "box": [x0, y0, x1, y1]}, ...]}
+
+    ``score`` in [0, 1]; ``point`` and ``box`` are the SAM prompts of each part, pixels of the target; ``examples``
+    what the caller says of its examples (the CLI: their file names). Raises ValueError when the mask's shape is
+    not (height, width)."""
+    if result.mask.shape != (height, width):
+        raise ValueError(f"mask of shape {result.mask.shape} for an image of {height}x{width}")
+    found = bool(result.mask.any())
+    return {"schema": RESULT_SCHEMA_VERSION, "kind": "segment_like", "method": result.method,
+            "score": round(float(result.score), 6), "image": {"height": height, "width": width},
+            "examples": examples or [], "mask": "mask.png" if found else None,
+            "segmentation": encode_rle(result.mask.astype(bool)) if found else None,
+            "parts": [{"score": round(float(p.score), 6), "point": [round(float(v), 3) for v in p.point],
+                       "box": [round(float(v), 3) for v in p.box]} for p in result.prompts]}
+
+
+def write_segment_like(image: np.ndarray, result, out: str | Path, examples: list[dict] | None = None) -> dict:
+    """Write ``out``/mask.png (0/255, the target's size; only when the mask is not empty), ``out``/overlay.png
+    and ``out``/result.json (:func:`segment_like_record`) for a segment-by-example ``result`` on ``image`` ((H, W,
+    3) uint8 RGB); creates ``out``. Returns the record."""
+    from .inference import Target
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = segment_like_record(result, image.shape[0], image.shape[1], examples)
+    if record["mask"]:
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(out / "mask.png")
+    shown = Answer(text="", targets=[Target(phrase="like the example", status="seg" if record["mask"] else "rej",
+                                            score=result.score, mask=result.mask)])
+    Image.fromarray(overlay_masks(image, shown)).save(out / "overlay.png")
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

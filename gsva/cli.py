@@ -124,6 +124,28 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_like(args: argparse.Namespace) -> int:
+    from .answer_files import write_segment_like
+    from .errors import InputError
+    from .images import load_image
+    from .inference import GSVAPredictor
+
+    if len(args.example) != len(args.example_mask):
+        raise InputError(f"{len(args.example)} --example images but {len(args.example_mask)} --example-mask files: "
+                         "give one mask per example, in the same order")
+    examples = [(load_image(image), str(mask)) for image, mask in zip(args.example, args.example_mask)]
+    target = load_image(args.image)
+    predictor = GSVAPredictor.from_pretrained(args.model, dtype=_dtype(args.dtype))
+    result = predictor.segment_like(examples, target, method=args.method)
+    names = [{"image": str(i), "mask": str(m)} for i, m in zip(args.example, args.example_mask)]
+    write_segment_like(target, result, Path(args.out), names)
+    area = int(result.mask.sum())
+    sys.stdout.write(f"{result.method}: {len(result.prompts)} part{'s' if len(result.prompts) != 1 else ''}, "
+                     f"{area} pixels ({100 * area / result.mask.size:.1f} % of the image), score {result.score:.2f}; "
+                     f"wrote {Path(args.out) / 'result.json'}\n")
+    return 0
+
+
 def _chat(args: argparse.Namespace) -> int:
     """Questions from standard input about one image; each answer streams to standard output and its masks go to
     ``out``/turn_NNN/. ``/new`` starts a new conversation, ``/quit`` (or end of input) ends."""
@@ -292,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     add_quantization_flags(p)
     p.set_defaults(func=_predict)
+    p = sub.add_parser("segment-like", help="segment in an image the things like those example masks mark")
+    p.add_argument("--example", action="append", required=True, type=Path, help="an example image (repeatable)")
+    p.add_argument("--example-mask", action="append", required=True, type=Path,
+                   help="its mask (PNG, white or opaque = the object), one per --example, in order")
+    p.add_argument("--image", required=True, type=Path, help="the image to segment")
+    p.add_argument("--method", choices=["trained", "training_free"], default=None,
+                   help="default: trained when the model has the prompt generator, else training_free")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the shipped gsva-smol)")
+    p.add_argument("--out", type=Path, default=Path("gsva_like"))
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.set_defaults(func=_segment_like)
     p = sub.add_parser("chat", help="a terminal chat about one image: questions from standard input, streamed "
                        "answers, masks written after each")
     p.add_argument("--image", required=True, type=Path)

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .constants import MAX_IMAGE_PIXELS
 from .errors import UserError
 
-__all__ = ["ImageError", "load_image", "as_rgb_array"]
+__all__ = ["ImageError", "load_image", "as_rgb_array", "load_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +106,50 @@ def as_rgb_array(image: np.ndarray | Image.Image, name: str = "image",
     elif arr.shape[2] == 4:
         arr = arr[:, :, :3]
     return np.ascontiguousarray(arr)
+
+
+def load_mask(source: str | Path | bytes | np.ndarray, hw: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """A binary mask for an image of ``hw`` (H, W): a file (path or bytes; PNG or any image :func:`load_image`
+    reads) or an array. The foreground: where the alpha channel is > 127 when the image has one that is not
+    uniformly opaque, else the grey level (ITU-R 601 luma) > 127, or > 0 for masks whose values are only 0 and 1.
+    A mask of another size with the image's aspect ratio (within 1 %) is resized (nearest neighbour), as happens
+    when a large JPEG is decoded at reduced size. Returns (H, W) bool. Raises :class:`ImageError` for an unreadable
+    file, another aspect ratio or an empty mask."""
+    if isinstance(source, np.ndarray):
+        arr = source
+        grey = arr.max(-1) if arr.ndim == 3 else arr
+        grey = grey.astype(np.float32)
+        fg = grey > (0 if grey.max() <= 1 else 127)
+    else:
+        label = name if isinstance(source, bytes) else f"{name} ({source})"
+        old_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own limit below, before decoding pixels
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                if img.size[0] * img.size[1] > 4 * MAX_IMAGE_PIXELS:
+                    raise ImageError(f"{label} is {img.size[0]}x{img.size[1]} pixels, too large for a mask")
+                img.load()
+                alpha = np.asarray(img.getchannel("A")) if "A" in img.getbands() else None
+                grey = np.asarray(img.convert("L"))
+        except ImageError:
+            raise
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{label} is not a readable mask image ({type(exc).__name__}: {exc})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
+        if alpha is not None and alpha.min() < 255:
+            fg = alpha > 127
+        else:
+            fg = grey > (0 if grey.max() <= 1 else 127)
+        name = label
+    if fg.ndim != 2:
+        raise ImageError(f"{name} must be a single-channel (H, W) mask, got shape {fg.shape}")
+    h, w = hw
+    if fg.shape != (h, w):
+        mh, mw = fg.shape
+        if abs(mw / mh - w / h) > 0.01 * (w / h):
+            raise ImageError(f"{name} is {mw}x{mh} but its image is {w}x{h}")
+        fg = np.asarray(Image.fromarray(fg.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+    if not fg.any():
+        raise ImageError(f"{name} is empty: it must mark the object to look for")
+    return fg

@@ -40,13 +40,17 @@ from .prompt_lookup import answer_hints, common_prefix, hint_style
 from .refinement import RefineState, check_box, check_clicks, refine_low_res, scribble_points
 from .tokens import add_control_tokens
 
-__all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError", "MAX_QUESTION_CHARS"]
+__all__ = ["Target", "Answer", "EncodedImage", "PromptPrefix", "GSVAPredictor", "default_model_dir", "QuestionError",
+           "MAX_QUESTION_CHARS", "MAX_EXAMPLES"]
 
 logger = logging.getLogger(__name__)
 
 RECENT_STYLES = 16
 """A batch's first draft is what the answer styles of this many recent answers (per target count) share: one old
 answer in a rare style must not shorten every later first draft."""
+
+MAX_EXAMPLES = 8
+"""Most (image, mask) examples :meth:`GSVAPredictor.segment_like` takes (each is encoded like a target image)."""
 
 MAX_QUESTION_CHARS = 2000
 """Longer questions are refused before tokenisation (a 100 KB paste gets a clear message, not a slow failure)."""
@@ -144,10 +148,14 @@ class GSVAPredictor:
         reject_threshold: a slot the answer reaches is ``[SEG]`` when P([SEG]) / (P([SEG]) + P([REJ])) is at least
             this probability, else ``[REJ]`` (None: the model config's ``reject_threshold``; both None: greedy, the
             same as 0.5). Raises InputError outside [0, 1].
+        prompt_generator: the trained prompt generator of segment by example
+            (:class:`gsva.modeling.example_prompts.ExamplePromptGenerator`), or None (then :meth:`segment_like`
+            defaults to the training-free method).
     """
 
     def __init__(self, model: GSVAModel, tokenizer, max_new_tokens: int = 160, mask_threshold: float = 0.0,
-                 draft_tokens: int = 16, reject_threshold: float | None = None, batch_draft_tokens: int | None = None) -> None:
+                 draft_tokens: int = 16, reject_threshold: float | None = None, batch_draft_tokens: int | None = None,
+                 prompt_generator=None) -> None:
         if batch_draft_tokens is None:
             batch_draft_tokens = draft_tokens
         if draft_tokens < 0 or batch_draft_tokens < 0:
@@ -159,6 +167,7 @@ class GSVAPredictor:
             raise InputError(f"reject_threshold must be a probability in [0, 1], got {reject_threshold}")
         self.reject_threshold = reject_threshold
         self.model = model.eval()
+        self.prompt_generator = prompt_generator.eval() if prompt_generator is not None else None
         self.draft_tokens = draft_tokens
         self.batch_draft_tokens = min(batch_draft_tokens, draft_tokens)
         self.tokenizer = tokenizer
@@ -201,6 +210,11 @@ class GSVAPredictor:
             from .quantization import quantize_language_model
 
             quantize_language_model(model, quantization)
+        if "prompt_generator" not in kwargs:
+            from .modeling.example_prompts import load_prompt_generator
+
+            kwargs["prompt_generator"] = load_prompt_generator(model_dir or default_model_dir(), model.config,
+                                                               device=device)
         return cls(model, tokenizer, **kwargs)
 
     # -- stateful use -----------------------------------------------------------------------------------------
@@ -465,6 +479,108 @@ class GSVAPredictor:
         return Target(phrase=target.phrase if target is not None else "", status="seg",
                       score=target.score if target is not None else 1.0, mask=mask, logits=logits, slot_mask=mask,
                       refine_state=RefineState(state.prompt, low, state.points, state.labels, state.box))
+
+    # -- segment by example ---------------------------------------------------------------------------------------
+    def _example_features(self, image, mask, k: int):
+        from .images import load_mask
+        from .incontext import encode_features, make_example
+
+        name = f"example {k}" if k >= 0 else "the first frame"
+        arr = as_rgb_array(load_image(image) if isinstance(image, (str, Path, bytes)) else image, f"{name}'s image")
+        features = encode_features(self.model, arr)
+        return make_example(features, load_mask(mask, arr.shape[:2], f"{name}'s mask"), self.model.config.sam.img_size)
+
+    def _method(self, method: str | None) -> str:
+        from .incontext import METHODS
+
+        if method is None:
+            return "trained" if self.prompt_generator is not None else "training_free"
+        if method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "trained" and self.prompt_generator is None:
+            raise InputError("the trained method needs the prompt generator (incontext.safetensors), which this "
+                             "model directory does not have")
+        return method
+
+    def segment_like(self, examples: Sequence, image, method: str | None = None):
+        """Segment in ``image`` the things like those the examples mark (segment by example, :mod:`gsva.incontext`).
+
+        Args:
+            examples: 1 to :data:`MAX_EXAMPLES` pairs (image, mask): the image as :meth:`encode_image` takes it, the
+                mask (H_k, W_k) bool or 0/255 at that image's size, or a mask image file (:func:`gsva.images.
+                load_mask`).
+            image: the target, as :meth:`encode_image` takes it.
+            method: "trained" (the prompt generator) or "training_free" (object word matching); None: "trained"
+                when the model directory has the generator, else "training_free".
+
+        Returns:
+            :class:`gsva.incontext.SegmentLikeResult`: ``mask`` (H, W) bool at the target's size, ``logits`` (H, W)
+            float32, ``score`` in [0, 1], and each part's prompt and mask. Raises InputError (no or too many
+            examples, a mask of another size or an empty mask, an unknown method),
+            :class:`gsva.images.ImageError`, or :class:`gsva.incontext.NoWordTowerError` for a model without an
+            object-word projector.
+        """
+        from .incontext import encode_features, segment_like
+
+        method = self._method(method)
+        examples = list(examples)
+        if not 1 <= len(examples) <= MAX_EXAMPLES:
+            raise InputError(f"segment by example takes 1 to {MAX_EXAMPLES} (image, mask) examples, got "
+                             f"{len(examples)}")
+        prepared = []
+        for k, pair in enumerate(examples):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InputError(f"example {k} must be an (image, mask) pair")
+            prepared.append(self._example_features(pair[0], pair[1], k))
+        arr = as_rgb_array(load_image(image) if isinstance(image, (str, Path, bytes)) else image, "the target image")
+        return segment_like(self.model, prepared, encode_features(self.model, arr), method, self.prompt_generator)
+
+    def propagate(self, frames: Sequence, first_mask, method: str | None = None, memory: int = 2,
+                  min_score: float = 0.5) -> list:
+        """Follow the object ``first_mask`` marks in ``frames[0]`` through the other frames.
+
+        Rule: frame t >= 1 is segmented by example (:func:`gsva.incontext.segment_like`) with the first frame and
+        its mask, plus the predictions of the last ``memory`` frames whose score was >= ``min_score`` and whose mask
+        is not empty, as further examples; of the parts found, the one that overlaps the previous frame's mask
+        most is kept (:func:`gsva.incontext.follow_part`), so one object is followed even where several look
+        alike.
+
+        Args:
+            frames: >= 2 images of one size (as :meth:`encode_image` takes them). first_mask: the object in frame 0
+                ((H, W) bool or a mask file). method: as :meth:`segment_like`. memory: >= 0 earlier predictions used
+                as examples. min_score: in [0, 1].
+
+        Returns:
+            One :class:`gsva.incontext.SegmentLikeResult` per frame; frame 0's is the given mask (score 1).
+            Raises InputError (fewer than 2 frames, frames of different sizes, bad ``memory`` / ``min_score``)
+            and what :meth:`segment_like` raises.
+        """
+        from .incontext import SegmentLikeResult, encode_features, follow_part, make_example, segment_like
+
+        method = self._method(method)
+        frames = list(frames)
+        if len(frames) < 2:
+            raise InputError(f"propagate needs at least 2 frames, got {len(frames)}")
+        if memory < 0 or not 0.0 <= min_score <= 1.0:
+            raise InputError(f"memory must be >= 0 and min_score in [0, 1], got {memory} and {min_score}")
+        first = self._example_features(frames[0], first_mask, -1)
+        hw = first.features.hw
+        results = [SegmentLikeResult(mask=first.mask.copy(), logits=np.where(first.mask, 1.0, -1.0).astype(np.float32),
+                                     score=1.0, method=method)]
+        recent: deque = deque(maxlen=memory) if memory else deque(maxlen=1)
+        img_size = self.model.config.sam.img_size
+        for t, frame in enumerate(frames[1:], start=1):
+            arr = as_rgb_array(load_image(frame) if isinstance(frame, (str, Path, bytes)) else frame, f"frame {t}")
+            if arr.shape[:2] != hw:
+                raise InputError(f"frame {t} is {arr.shape[1]}x{arr.shape[0]} but frame 0 is {hw[1]}x{hw[0]}")
+            features = encode_features(self.model, arr)
+            examples = [first] + (list(recent) if memory else [])
+            result = follow_part(segment_like(self.model, examples, features, method, self.prompt_generator),
+                                 results[-1].mask)
+            results.append(result)
+            if memory and result.score >= min_score and result.mask.any():
+                recent.append(make_example(features, result.mask, img_size))
+        return results
 
     def check_question(self, question: str, verbatim: bool = False) -> None:
         """Raise :class:`QuestionError` when ``question`` would be refused as the first turn of a conversation

@@ -56,7 +56,7 @@ from .config import ConfigError
 from .losses import dice_loss, sigmoid_bce_loss
 from .modeling.seg_tokens import locate_slots
 from .refinement import RefineState, refine_low_res
-from .training.stage_loop import StageRecipe, StageTrainer
+from .training.stage_loop import IndexDataset, StageRecipe, StageTrainer
 
 __all__ = ["RefineRecipe", "load_refine_recipe", "capture_refine_starts", "evaluation_click", "sample_click",
            "RefineTrainer", "PROMPT_ENCODER_KEYS"]
@@ -214,19 +214,6 @@ class _SamNet(nn.Module):
         self.sam = sam
 
 
-class _Slots(torch.utils.data.Dataset):
-    """Indices into the captured starts (the stage loop shuffles and batches them)."""
-
-    def __init__(self, count: int) -> None:
-        self.count, self.epoch = count, 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
 class RefineTrainer(StageTrainer):
     """Runs a :class:`RefineRecipe` (see the module docstring)."""
 
@@ -275,7 +262,7 @@ class RefineTrainer(StageTrainer):
                                        self.model.config, max_targets=self.recipe.max_targets, seed=seed)
 
     def dataset(self, split: str, augment: bool) -> torch.utils.data.Dataset:
-        return _Slots(len(self.starts[split]["image"]))
+        return IndexDataset(len(self.starts[split]["image"]))
 
     @staticmethod
     def collate(items):

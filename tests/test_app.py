@@ -164,6 +164,11 @@ def test_the_example_gallery_is_what_its_script_draws(tmp_path):
     assert len(rows) == sum(len(item["questions"]) for item in items) >= 8
     assert [Path(p).name for p, _ in rows[:len(items)]] == [item["image"] for item in items]
     assert all(q.startswith("What are ") for _, q in rows[:len(items)])  # the first page: multi-target questions
+    like = _app_module().load_like_examples(shipped)
+    assert len(like) == 2 and (tmp_path / "like_examples.json").read_text() == (shipped / "like_examples.json").read_text()
+    for row in like:
+        for path in row:
+            assert Image.open(tmp_path / Path(path).name).tobytes() == Image.open(path).tobytes()
 
 
 def test_the_model_panel_names_the_model_and_what_it_knows(micro_model, tokenizer, tmp_path):
@@ -260,3 +265,29 @@ def test_small_images_are_shown_enlarged_and_clicks_map_back_to_their_pixels():
     x, y = app.to_image_pixels([75, 150], 240, 180)  # the shown pixel's centre, in original pixels
     assert np.allclose((x, y), (75.5 / 1.5, 150.5 / 1.5)) and (int(x), int(y)) == (50, 100)
     assert app.to_image_pixels([10, 20], 900, 1200) == (10.5, 20.5)  # a large image is shown as it is
+
+
+@pytest.mark.slow
+def test_segment_by_example_in_the_app_finds_the_kind_and_offers_its_files(tmp_path):
+    import numpy as np
+
+    from gsva.data.incontext import make_task
+    from gsva.errors import UserError
+    from gsva.inference import GSVAPredictor
+    from gsva.scoring.davis import region_similarity
+
+    app = _app_module()
+    backend = app.ChatBackend(GSVAPredictor.from_pretrained(None))
+    example, mask, target = app.load_like_examples()[0]
+    image, result = backend.segment_like(example, mask, target)
+    task = make_task(77, 0)  # what app/make_examples.py drew
+    assert (image == task.image).all() and region_similarity(result.mask, task.mask) > 0.5
+    assert "like the example" in app.describe_like(result)
+    files = backend.save_like_downloads(image, result)
+    record = json.loads(Path(files[0]).read_text())
+    assert record["kind"] == "segment_like" and Path(files[1]).name == "mask.png"
+    assert (np.asarray(Image.open(files[1])) > 127).sum() == int(result.mask.sum())
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(blank)
+    with pytest.raises(UserError, match="mask"):
+        backend.segment_like(example, str(blank), target)

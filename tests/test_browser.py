@@ -203,9 +203,9 @@ IMAGE_POINT = """([sel, x, y, width]) => {
 }"""
 
 
-def _fetch(page, name: str, path: Path) -> bool:
-    """Save the download called ``name`` to ``path``; False when there is none."""
-    links = page.locator("#gsva-downloads a[download]")
+def _fetch(page, name: str, path: Path, where: str = "#gsva-downloads") -> bool:
+    """Save the download called ``name`` (of the file box ``where``) to ``path``; False when there is none."""
+    links = page.locator(f"{where} a[download]")
     for i in range(links.count()):
         if links.nth(i).get_attribute("download") == name:
             path.write_bytes(page.request.get(links.nth(i).get_attribute("href")).body())
@@ -213,9 +213,9 @@ def _fetch(page, name: str, path: Path) -> bool:
     return False
 
 
-def _download(page, name: str, path: Path) -> np.ndarray | None:
+def _download(page, name: str, path: Path, where: str = "#gsva-downloads") -> np.ndarray | None:
     """The downloaded mask PNG ``name`` as (H, W) bool, or None when there is none."""
-    return np.asarray(Image.open(path)) == 255 if _fetch(page, name, path) else None
+    return np.asarray(Image.open(path)) == 255 if _fetch(page, name, path, where) else None
 
 
 def _click_image(page, x: float, y: float, width: int, status: str) -> None:
@@ -224,6 +224,7 @@ def _click_image(page, x: float, y: float, width: int, status: str) -> None:
 
     page.wait_for_function("() => { const i = document.querySelector('#gsva-overlay img');"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+    page.locator("#gsva-overlay img").scroll_into_view_if_needed()  # page coordinates of a visible image
     px, py = page.evaluate(IMAGE_POINT, ["#gsva-overlay img", float(x), float(y), width])
     page.mouse.click(px, py)
     try:
@@ -294,5 +295,36 @@ def test_a_user_fixes_a_mask_with_clicks_and_undoes_one(browser, app_url, tmp_pa
     new = _download(page, f"mask_{len(found)}.png", tmp_path / "new.png")
     assert new is not None and new.shape == before.shape
     assert _legend(page)[-1][0] == "object from clicks"
+    assert "Traceback" not in page.content()
+    page.close()
+
+
+def test_a_user_segments_things_like_an_example(browser, app_url, tmp_path):
+    """Issue #16 in the app: the "Segment by example" tab; a click on the first example row fills the example, its
+    mask and the target; the mask offered for download covers the example's kind in the target."""
+    from gsva.data.incontext import make_task
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Segment by example").click()
+    page.wait_for_selector("#gsva-like-examples")
+    page.locator("#gsva-like-examples [data-testid='dataset-cell-0-0']").click()
+    page.wait_for_selector("#gsva-like-target img")
+    page.wait_for_timeout(300)
+    page.locator("#gsva-like-run").click()
+    page.wait_for_function("() => /Found|Nothing/.test(document.querySelector('#gsva-like-status').innerText)",
+                           timeout=120_000)
+    page.wait_for_timeout(300)
+    assert "Found" in page.locator("#gsva-like-status").inner_text()
+    mask = _download(page, "mask.png", tmp_path / "mask.png", "#gsva-like-downloads")
+    truth = make_task(77, 0).mask  # what app/make_examples.py drew as the first example row
+    assert mask is not None and mask.shape == truth.shape
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.5
+    assert _fetch(page, "result.json", tmp_path / "r.json", "#gsva-like-downloads")
+    assert json.loads((tmp_path / "r.json").read_text())["kind"] == "segment_like"
+    shot = tmp_path / "like.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("GSVA_LIKE_SCREENSHOT"):
+        shutil.copy(shot, os.environ["GSVA_LIKE_SCREENSHOT"])
     assert "Traceback" not in page.content()
     page.close()

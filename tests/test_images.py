@@ -75,3 +75,46 @@ def test_questions_are_validated():
             validate_question(bad)
     with pytest.raises(QuestionError, match=str(MAX_QUESTION_CHARS)):
         validate_question("x" * 100_000)
+
+
+def test_masks_load_from_white_alpha_or_zero_one_files(tmp_path):
+    import io
+
+    from gsva.images import load_mask
+
+    truth = np.zeros((20, 30), bool)
+    truth[5:12, 8:20] = True
+    white = tmp_path / "white.png"
+    Image.fromarray(truth.astype(np.uint8) * 255).save(white)
+    ones = tmp_path / "ones.png"
+    Image.fromarray(truth.astype(np.uint8)).save(ones)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., :3] = 200  # a uniform colour: only the alpha channel says where the object is
+    rgba[..., 3] = truth * 255
+    alpha = tmp_path / "alpha.png"
+    Image.fromarray(rgba).save(alpha)
+    for source in (white, ones, alpha, str(white), white.read_bytes(), truth.astype(np.uint8) * 255, truth):
+        assert (load_mask(source, (20, 30)) == truth).all()
+    half = io.BytesIO()
+    Image.fromarray(truth[::2, ::2].astype(np.uint8) * 255).save(half, format="PNG")
+    assert load_mask(half.getvalue(), (20, 30)).shape == (20, 30)  # same aspect ratio: resized
+
+
+def test_bad_masks_are_refused_with_a_clear_message(tmp_path):
+    from gsva.images import ImageError, load_mask
+
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "empty.png")
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG not really")
+    full = np.full((20, 20), 255, np.uint8)
+    for source, words in ((tmp_path / "empty.png", "empty"), (tmp_path / "junk.png", "not a readable mask"),
+                          (tmp_path / "missing.png", "not a readable mask"), (full, "is 20x20 but"),
+                          (np.ones((20, 30, 2, 2), np.uint8), "single-channel")):
+        with pytest.raises(ImageError, match=words):
+            load_mask(source, (20, 30))
+
+
+def test_a_huge_mask_file_is_refused_before_decoding():
+    from gsva.images import load_mask
+
+    with pytest.raises(ImageError, match="too large for a mask"):
+        load_mask(_png_header_only(30000, 30000), (20, 30))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gsva.data.incontext import KINDS, draw_scene, make_task
+from gsva.data.incontext import KINDS, draw_scene, make_sequence, make_task
 from gsva.data.synth import COLORS, SHAPES
 
 
@@ -45,6 +45,27 @@ def test_objects_keep_most_of_their_area_and_bad_shots_are_refused():
     assert all(not (a & b).any() for i, a in enumerate(placed) for b in placed[i + 1:])  # visible areas are apart
     with pytest.raises(ValueError, match="shots must be >= 1"):
         make_task(0, 0, shots=0)
+
+
+def test_sequences_are_deterministic_and_follow_one_moving_object():
+    a, b = make_sequence(5, 2), make_sequence(5, 2)
+    assert len(a.frames) == len(a.masks) == 8 and a.kind in KINDS
+    assert all((x == y).all() for x, y in zip(a.frames, b.frames))
+    assert all((x == y).all() for x, y in zip(a.masks, b.masks))
+    for index in range(6):
+        seq = make_sequence(5, index, frames=5)
+        shape, color = seq.kind
+        sizes = {f.shape for f in seq.frames}
+        assert len(sizes) == 1 and all(m.shape == seq.frames[0].shape[:2] and m.dtype == bool for m in seq.masks)
+        for frame, mask in zip(seq.frames, seq.masks):
+            assert mask.any()
+            assert np.abs(frame[mask].astype(float).mean(0) - np.array(COLORS[color])).max() < 30
+        centres = [np.argwhere(m).mean(0) for m in seq.masks]
+        areas = [int(m.sum()) for m in seq.masks]
+        assert np.linalg.norm(centres[-1] - centres[0]) > 1 or areas[-1] != areas[0]  # it moves or scales
+        assert not all((f == seq.frames[0]).all() for f in seq.frames[1:])
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        make_sequence(0, 0, frames=1)
 
 
 @pytest.mark.slow

@@ -218,6 +218,12 @@ def test_every_shipped_recipe_validates(path):
         pointer = load_pointer_recipe(path)
         assert pointer.model == "gsva-smol" and pointer.relation_layers >= 1 and pointer.max_steps >= 1
         return
+    if path.name.endswith("_incontext.yaml"):  # segment by example: the prompt generator (issue #16)
+        from gsva.incontext_pretrain import load_incontext_recipe
+
+        incontext = load_incontext_recipe(path)
+        assert incontext.model == "gsva-smol" and incontext.val_seed != incontext.seed and incontext.max_shots >= 2
+        return
     if path.name.endswith("_refine.yaml"):  # stage (e) of gsva-smol: refinement by simulated clicks
         from gsva.refine_pretrain import load_refine_recipe
 

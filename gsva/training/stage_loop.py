@@ -22,7 +22,7 @@ from torch import nn
 from ..devices import autocast_for, resolve_device, to_device
 from .schedule import warmup_linear_decay
 
-__all__ = ["StageRecipe", "StageTrainer", "load_stage_weights"]
+__all__ = ["StageRecipe", "StageTrainer", "load_stage_weights", "IndexDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,20 @@ class StageRecipe:
         check_device_name(self.device)
         get_named_config(self.model)
         return self
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Indices 0 .. count - 1, for stages whose samples were captured into tensors (the loop shuffles and batches
+    the indices; ``epoch`` is set by the loop)."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.epoch = count, 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> int:
+        return i
 
 
 def load_stage_weights(model: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> None:
