@@ -76,7 +76,7 @@ def main() -> int:
     result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "model": str(args.model or "shipped default"), "seed": args.seed, "pairs": args.pairs,
               "shots": args.shots, "sequences": args.sequences, "frames": args.frames,
-              "default_method": predictor._method(None), "methods": {}}
+              "default_method": predictor.like_method(), "methods": {}}
     for method in methods:
         result["methods"][method] = figures = measure(predictor, method, args.seed, args.pairs, args.shots,
                                                       args.sequences, args.frames)

@@ -490,7 +490,9 @@ class GSVAPredictor:
         features = encode_features(self.model, arr)
         return make_example(features, load_mask(mask, arr.shape[:2], f"{name}'s mask"), self.model.config.sam.img_size)
 
-    def _method(self, method: str | None) -> str:
+    def like_method(self, method: str | None = None) -> str:
+        """The segment-by-example method ``method`` resolves to: None gives "trained" when the prompt generator is
+        loaded, else "training_free". Raises InputError for an unknown method, or "trained" without a generator."""
         from .incontext import METHODS
 
         if method is None:
@@ -522,7 +524,7 @@ class GSVAPredictor:
         """
         from .incontext import encode_features, segment_like
 
-        method = self._method(method)
+        method = self.like_method(method)
         examples = list(examples)
         if not 1 <= len(examples) <= MAX_EXAMPLES:
             raise InputError(f"segment by example takes 1 to {MAX_EXAMPLES} (image, mask) examples, got "
@@ -557,7 +559,7 @@ class GSVAPredictor:
         """
         from .incontext import SegmentLikeResult, encode_features, follow_part, make_example, segment_like
 
-        method = self._method(method)
+        method = self.like_method(method)
         frames = list(frames)
         if len(frames) < 2:
             raise InputError(f"propagate needs at least 2 frames, got {len(frames)}")

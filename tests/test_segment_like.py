@@ -206,3 +206,16 @@ def test_the_prompt_generator_recipe_trains_resumes_and_writes_a_loadable_genera
     assert all(torch.equal(a, b) for a, b in zip(generator.state_dict().values(), trainer.net.state_dict().values()))
     again = IncontextTrainer(load_incontext_recipe(recipe, overrides))  # resumes: no capture, step kept
     assert again.step == 2
+
+
+@pytest.mark.slow
+def test_the_benchmark_prints_and_writes_both_methods(tmp_path):
+    out = tmp_path / "incontext.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "incontext.py"), "--pairs", "2", "--sequences", "1",
+                          "--frames", "3", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"training_free", "trained"} and result["default_method"] == "trained"
+    for figures in result["methods"].values():
+        assert 0 <= figures["one_shot_miou"] <= 1 and 0 <= figures["3_shot_miou"] <= 1 and 0 <= figures["J&F"] <= 1
+    assert "trained: 1-shot mIoU" in run.stdout and "J&F" in run.stdout
