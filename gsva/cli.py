@@ -238,8 +238,9 @@ def _export(args: argparse.Namespace) -> int:
 
     shard = parse_size(args.max_shard_size) if args.max_shard_size else None
     summary = export_model(args.model, args.out, merge=args.merge_lora, max_shard_bytes=shard,
-                           dtype=_dtype(args.dtype) if args.dtype else None)
+                           dtype=_dtype(args.dtype) if args.dtype else None, replace=args.replace_weights)
     sys.stdout.write(f"wrote {summary['out']}: {len(summary['weight_files'])} weight file(s)"
+                     + (f", {summary['replaced_tensors']} tensors replaced" if args.replace_weights else "")
                      + (f", {summary['merged_lora_layers']} LoRA layers merged" if args.merge_lora else "") + "\n")
     return 0
 
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default=None, help="split the weights into shards of at most this size "
                    "(e.g. 5GB); default: one file")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: keep)")
+    p.add_argument("--replace-weights", action="append", type=Path, default=[], metavar="FILE",
+                   help="a safetensors file (e.g. stage (a2)'s crop_reader.safetensors) whose tensors overwrite the "
+                   "model's: same keys, same shapes; repeatable")
     p.set_defaults(func=_export)
     p = sub.add_parser("score", help="recompute metrics from a predictions.jsonl written by gsva eval")
     p.add_argument("--predictions", required=True, type=Path)

@@ -20,7 +20,8 @@ of the true labels).
 
 Output: ``<output_dir>/vision.safetensors`` holding the keys of :data:`VISION_PREFIXES` (as in
 :class:`gsva.modeling.gsva_model.GSVAModel`) and ``vision.json`` (config name, steps, held-out accuracy per group on
-all patches, on object patches, and of the crop reader on objects). Checkpoints every ``save_every`` steps
+all patches, on object patches, and of the crop reader on objects); stage (a2) also writes the crop reader alone
+(``crop_reader.safetensors``). Checkpoints every ``save_every`` steps
 in ``<output_dir>/state.pt`` (tensors and numbers only) let a killed run resume from its last saved step
 (the interrupted pass over the data starts again from its beginning, in a new order).
 
@@ -374,5 +375,11 @@ class VisionTrainer(StageTrainer):
         return out
 
     def write_outputs(self, metrics: dict[str, float]) -> Path:
-        """``vision.safetensors`` + ``vision.json``; returns the safetensors path."""
+        """``vision.safetensors`` + ``vision.json``; with ``crop_objects: predicted`` also ``crop_reader.safetensors``
+        + ``crop_reader.json`` (only the :data:`CROP_READER_PREFIX` keys, the part this stage trains: about 1 MB,
+        small enough to commit, and what ``gsva export --replace-weights`` puts into a trained model). Returns the
+        ``vision.safetensors`` path."""
+        if self.predicted:
+            self._write_output("crop_reader", {k: v for k, v in self.net.state_dict().items()
+                                               if k.startswith(CROP_READER_PREFIX)}, metrics)
         return self._write_output("vision", self.net.stage_state_dict(), metrics)

@@ -101,3 +101,34 @@ def test_parse_size():
     for bad in ("five", "5XB", "0"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_export_replaces_weights_from_a_stage_file(lora_checkpoint, tmp_path, capsys):
+    """``--replace-weights``: a stage's output (keys of the model, same shapes) overwrites exactly those tensors;
+    unknown keys, wrong shapes, empty or unreadable files are one error line and nothing is written."""
+    from safetensors.torch import save_file
+
+    source, _ = load_model(lora_checkpoint)
+    own = source.state_dict()
+    key = next(k for k in own if k.endswith("mask_decoder.iou_prediction_head.layers.0.weight"))
+    new = torch.full_like(own[key], 0.25)
+    save_file({key: new}, str(tmp_path / "part.safetensors"))
+    assert gsva_main(["export", "--model", str(lora_checkpoint), "--out", str(tmp_path / "out"),
+                      "--replace-weights", str(tmp_path / "part.safetensors")]) == 0
+    assert "1 tensors replaced" in capsys.readouterr().out
+    out = load_model(tmp_path / "out")[0].state_dict()
+    assert torch.equal(out[key], new)
+    assert all(torch.equal(out[k], v) for k, v in own.items() if k != key)
+    save_file({key: new[:1]}, str(tmp_path / "shape.safetensors"))
+    save_file({"not.a.key": new}, str(tmp_path / "unknown.safetensors"))
+    save_file({}, str(tmp_path / "empty.safetensors"))
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    for name, message in [("shape", "has shape"), ("unknown", "does not have"), ("empty", "no tensors"),
+                          ("bad", "cannot read")]:
+        with pytest.raises(CheckpointError, match=message):
+            export_model(lora_checkpoint, tmp_path / name, replace=[tmp_path / f"{name}.safetensors"])
+        assert not (tmp_path / name).exists()
+        assert gsva_main(["export", "--model", str(lora_checkpoint), "--out", str(tmp_path / name),
+                          "--replace-weights", str(tmp_path / f"{name}.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1

@@ -333,6 +333,9 @@ def test_crop_stage_trains_only_the_crop_reader_on_the_towers_objects(synth_root
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(CROP_READER_PREFIX) for k in changed), changed
+    reader = load_file(str(path.parent / "crop_reader.safetensors"))  # the trained part alone
+    assert reader.keys() == {k for k in after if k.startswith(CROP_READER_PREFIX)}
+    assert all(torch.equal(reader[k], after[k]) for k in reader)
     with pytest.raises(ConfigError, match="vision_init"):
         VisionRecipe(data_root=str(synth_root), crop_objects="predicted").validate()
     with pytest.raises(ConfigError, match="crop_objects"):

@@ -19,7 +19,7 @@ from ..checkpoint import CheckpointError, load_model, save_model
 from ..errors import InputError
 from ..trainable import merge_lora
 
-__all__ = ["export_model", "parse_size"]
+__all__ = ["export_model", "parse_size", "replace_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,42 @@ def parse_size(text: str) -> int:
     return size
 
 
-def export_model(model_dir: str | Path, out_dir: str | Path, merge: bool = False, max_shard_bytes: int | None = None,
-                 dtype: torch.dtype | None = None) -> dict:
-    """Load ``model_dir`` strictly and write it to ``out_dir``. Returns a summary dict (merged layers, shards).
+def replace_weights(model: torch.nn.Module, path: str | Path) -> int:
+    """Overwrite some of ``model``'s weights with those of a safetensors file (a stage's output, e.g. stage (a2)'s
+    ``crop_reader.safetensors``). Every key of the file must be a key of ``model.state_dict()`` with the same shape;
+    the values are cast to the model's dtype. Returns the number of tensors replaced.
 
+    Raises :class:`CheckpointError` for an unreadable file, an empty one, an unknown key or a shape mismatch
+    (nothing is changed then)."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on a bad file
+        raise CheckpointError(f"{path}: cannot read the weights ({exc})") from None
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors")
+    own = model.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    if unknown:
+        raise CheckpointError(f"{path}: {len(unknown)} key(s) the model does not have, e.g. {unknown[0]}")
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, the model's is {tuple(own[k].shape)}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+    return len(state)
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, merge: bool = False, max_shard_bytes: int | None = None,
+                 dtype: torch.dtype | None = None, replace: list[str | Path] | None = None) -> dict:
+    """Load ``model_dir`` strictly and write it to ``out_dir``. Returns a summary dict (merged layers, shards,
+    replaced tensors).
+
+    ``replace``: safetensors files whose tensors overwrite the model's (:func:`replace_weights`), in order, before
+    any merge or cast.
     ``merge``: fold LoRA into the base weights (raises :class:`CheckpointError` when the model has no LoRA).
     ``dtype``: cast the weights (e.g. ``torch.bfloat16``) before writing. ``out_dir`` must differ from
     ``model_dir``.
@@ -49,6 +81,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, merge: bool = False
     if out_dir.resolve() == model_dir.resolve():
         raise CheckpointError(f"export would overwrite its source {model_dir}; choose another --out")
     model, tokenizer = load_model(model_dir)
+    replaced = 0
+    for path in replace or []:
+        replaced += replace_weights(model, path)
+        logger.info("replaced the weights in %s", path)
     merged = 0
     if merge:
         if model.config.lora.rank == 0:
@@ -64,4 +100,4 @@ def export_model(model_dir: str | Path, out_dir: str | Path, merge: bool = False
         model.to(dtype)
     save_model(model, tokenizer, out_dir, max_shard_bytes=max_shard_bytes)
     shards = sorted(p.name for p in out_dir.glob("model*.safetensors"))
-    return {"merged_lora_layers": merged, "weight_files": shards, "out": str(out_dir)}
+    return {"merged_lora_layers": merged, "weight_files": shards, "out": str(out_dir), "replaced_tensors": replaced}
