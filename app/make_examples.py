@@ -1,6 +1,6 @@
 """Draw the app's example gallery: a few synthetic scenes, each with ready questions naming present and absent targets.
 
-    python app/make_examples.py [--out gsva/assets/examples] [--seed 77] [--scenes 4] [--like-tasks 2]
+    python app/make_examples.py [--out gsva/assets/examples] [--seed 77] [--scenes 4] [--like-tasks 1,2]
 
 Scenes come from the synthetic generator (:func:`gsva.data.synth.make_scene`) at a seed no training or benchmark set
 uses; the questions from the generator's own expressions for each scene (:func:`gsva.data.synth.scene_expressions`),
@@ -9,8 +9,11 @@ and one absent, in a shuffled order, GSVA's multi-target question of paper Sec. 
 (one present, one absent). Scenes with fewer than four objects are passed over. Writes ``scene_<k>.png`` and ``examples.json`` (``[{"image": file, "questions": [...]}]``).
 
 For the "Segment by example" tab it also writes ``like_<k>_example.png``, ``like_<k>_mask.png`` (0/255) and
-``like_<k>_target.png`` from the segment-by-example tasks of the same seed (:func:`gsva.data.incontext.make_task`),
-listed in ``like_examples.json`` (``[{"example": file, "mask": file, "target": file, "kind": [shape, colour]}]``).
+``like_<k>_target.png`` from the segment-by-example tasks ``--like-tasks`` of the same seed
+(:func:`gsva.data.incontext.make_task`), listed in ``like_examples.json`` (``[{"example": file, "mask": file,
+"target": file, "kind": [shape, colour], "generator": {"seed": seed, "index": task}}]``). The default passes over
+task 0 (a small red triangle touching a large red heart): the crop reader of stage (d7) reads it as a heart, so the
+shipped default finds nothing like the example there (docs/gsva-smol.md, segment by example).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "gsva" / "assets" / "examples")
     parser.add_argument("--seed", type=int, default=77)
     parser.add_argument("--scenes", type=int, default=4)
-    parser.add_argument("--like-tasks", type=int, default=2)
+    parser.add_argument("--like-tasks", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2],
+                        help="comma-separated task indices of the seed for the segment-by-example rows")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gallery, index = [], 0
@@ -71,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     for item in gallery:
         print(item["image"], *item["questions"], sep="\n  ")
     like = []
-    for k in range(args.like_tasks):
-        task = make_task(args.seed, k)
-        (image, mask), names = task.examples[0], {part: f"like_{k}_{part}.png" for part in ("example", "mask", "target")}
+    for k, task_index in enumerate(args.like_tasks):
+        task = make_task(args.seed, task_index)
+        (image, mask) = task.examples[0]
+        names = {part: f"like_{k}_{part}.png" for part in ("example", "mask", "target")}
         Image.fromarray(image).save(args.out / names["example"], optimize=True)
         Image.fromarray(mask.astype(np.uint8) * 255).save(args.out / names["mask"], optimize=True)
         Image.fromarray(task.image).save(args.out / names["target"], optimize=True)
-        like.append(dict(names, kind=list(task.kind)))
+        like.append(dict(names, kind=list(task.kind), 
+                         generator={"seed": args.seed, "index": task_index}))
         print(names["example"], "->", names["target"], task.kind)
     (args.out / "like_examples.json").write_text(json.dumps(like, indent=2) + "\n")
     return 0

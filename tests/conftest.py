@@ -119,3 +119,17 @@ def app_url():
     yield f"http://127.0.0.1:{port}/"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def first_like_task():
+    """The generator task (:func:`gsva.data.incontext.make_task`) of the app's first segment-by-example row, as
+    app/make_examples.py recorded it in gsva/assets/examples/like_examples.json."""
+    import json
+    from pathlib import Path
+
+    from gsva.data.incontext import make_task
+
+    rows = Path(__file__).resolve().parents[1] / "gsva/assets/examples/like_examples.json"
+    generator = json.loads(rows.read_text())[0]["generator"]
+    return make_task(generator["seed"], generator["index"])

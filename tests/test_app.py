@@ -268,10 +268,9 @@ def test_small_images_are_shown_enlarged_and_clicks_map_back_to_their_pixels():
 
 
 @pytest.mark.slow
-def test_segment_by_example_in_the_app_finds_the_kind_and_offers_its_files(tmp_path):
+def test_segment_by_example_in_the_app_finds_the_kind_and_offers_its_files(tmp_path, first_like_task):
     import numpy as np
 
-    from gsva.data.incontext import make_task
     from gsva.errors import UserError
     from gsva.inference import GSVAPredictor
     from gsva.scoring.davis import region_similarity
@@ -280,7 +279,7 @@ def test_segment_by_example_in_the_app_finds_the_kind_and_offers_its_files(tmp_p
     backend = app.ChatBackend(GSVAPredictor.from_pretrained(None))
     example, mask, target = app.load_like_examples()[0]
     image, result = backend.segment_like(example, mask, target)
-    task = make_task(77, 0)  # what app/make_examples.py drew
+    task = first_like_task  # what app/make_examples.py drew
     assert (image == task.image).all() and region_similarity(result.mask, task.mask) > 0.5
     assert "like the example" in app.describe_like(result)
     files = backend.save_like_downloads(image, result)

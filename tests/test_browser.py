@@ -299,10 +299,9 @@ def test_a_user_fixes_a_mask_with_clicks_and_undoes_one(browser, app_url, tmp_pa
     page.close()
 
 
-def test_a_user_segments_things_like_an_example(browser, app_url, tmp_path):
+def test_a_user_segments_things_like_an_example(browser, app_url, tmp_path, first_like_task):
     """Issue #16 in the app: the "Segment by example" tab; a click on the first example row fills the example, its
     mask and the target; the mask offered for download covers the example's kind in the target."""
-    from gsva.data.incontext import make_task
 
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(app_url)
@@ -317,7 +316,7 @@ def test_a_user_segments_things_like_an_example(browser, app_url, tmp_path):
     page.wait_for_timeout(300)
     assert "Found" in page.locator("#gsva-like-status").inner_text()
     mask = _download(page, "mask.png", tmp_path / "mask.png", "#gsva-like-downloads")
-    truth = make_task(77, 0).mask  # what app/make_examples.py drew as the first example row
+    truth = first_like_task.mask  # what app/make_examples.py drew as the first example row
     assert mask is not None and mask.shape == truth.shape
     assert (mask & truth).sum() / (mask | truth).sum() > 0.5
     assert _fetch(page, "result.json", tmp_path / "r.json", "#gsva-like-downloads")

@@ -152,8 +152,8 @@ def _cli(*args):
 
 
 @pytest.mark.slow
-def test_the_command_writes_mask_overlay_and_json(tmp_path):
-    task = make_task(77, 0)  # the app's first example row (app/make_examples.py)
+def test_the_command_writes_mask_overlay_and_json(tmp_path, first_like_task):
+    task = first_like_task  # the app's first example row (app/make_examples.py)
     (image, mask) = task.examples[0]
     Image.fromarray(image).save(tmp_path / "example.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "example_mask.png")
